@@ -1,0 +1,236 @@
+// Package hvt is Dust's KVM machine monitor: it boots static x86-64 ELF
+// unikernels built on libdust, one brand-new micro-VM per request.
+//
+// An image is validated and laid out once into a sealed memfd template
+// (segments, page tables, GDT, boot info). Each machine maps the template
+// copy-on-write into its own VM, so it costs only the pages it writes. The
+// guest runs at CPL3 in long mode and talks to the monitor through port-I/O
+// hypercalls whose arguments live in guest memory (docs/abi.md).
+package hvt
+
+import (
+	"fmt"
+	"sync"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dust-run/dust/internal/kvm"
+	"github.com/dust-run/dust/internal/machine"
+)
+
+// Kind is the hvt machine kind.
+type Kind struct{}
+
+// Name implements machine.Kind.
+func (Kind) Name() string { return "hvt" }
+
+var (
+	tscOnce sync.Once
+	tscHz   uint64
+)
+
+// hostTSCHz asks KVM for the guest TSC frequency once per process. A host
+// that cannot say gives 0, and libdust's clocks then stand still rather
+// than run at a guessed rate.
+func hostTSCHz(sys *kvm.System) uint64 {
+	tscOnce.Do(func() {
+		if sys.CheckExtension(kvm.KVM_CAP_GET_TSC_KHZ) <= 0 {
+			return
+		}
+		vm, err := sys.CreateVM()
+		if err != nil {
+			return
+		}
+		defer unix.Close(vm)
+		vcpu, err := kvm.CreateVCPU(vm, 0)
+		if err != nil {
+			return
+		}
+		defer unix.Close(vcpu)
+		if khz, err := kvm.GetTSCKHz(vcpu); err == nil {
+			tscHz = khz * 1000
+		}
+	})
+	return tscHz
+}
+
+// Image is a prepared hvt image: a validated ELF laid out in a template.
+type Image struct {
+	sys    *kvm.System
+	limits machine.Limits
+	lay    *layout
+	memfd  int
+	tsize  uintptr
+	sregs  kvm.Sregs
+	regs   kvm.Regs
+	cpuid  []byte
+
+	mu     sync.Mutex
+	closed bool
+}
+
+// Prepare validates elf and builds its memory template (machine.Kind).
+func (Kind) Prepare(elf []byte, limits machine.Limits) (machine.Image, error) {
+	return Prepare(elf, limits)
+}
+
+// Prepare validates elf and builds its memory template.
+func Prepare(elf []byte, limits machine.Limits) (*Image, error) {
+	limits = limits.WithDefaults()
+	if err := limits.Validate(); err != nil {
+		return nil, err
+	}
+	img, err := parseELF(elf)
+	if err != nil {
+		return nil, err
+	}
+	sys, err := kvm.Open()
+	if err != nil {
+		return nil, err
+	}
+	cpuid, err := sys.SupportedCPUID()
+	if err != nil {
+		return nil, err
+	}
+	lay, err := buildLayout(img, uint64(limits.Memory), hostTSCHz(sys))
+	if err != nil {
+		return nil, err
+	}
+	fd, err := writeTemplate(lay.tmpl)
+	if err != nil {
+		return nil, err
+	}
+	im := &Image{
+		sys: sys, limits: limits, lay: lay, memfd: fd, tsize: uintptr(len(lay.tmpl)),
+		sregs: initialSregs(), regs: lay.initialRegs(), cpuid: cpuid,
+	}
+	lay.tmpl = nil // the memfd holds it now
+	return im, nil
+}
+
+// writeTemplate stores the template in a sealed memfd. Only non-zero pages
+// are written, so the template's own footprint is the image, not the
+// megabyte of mostly empty low memory it spans.
+func writeTemplate(t []byte) (int, error) {
+	fd, err := unix.MemfdCreate("dust-hvt-template", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return -1, fmt.Errorf("hvt: memfd_create: %w", err)
+	}
+	fail := func(what string, err error) (int, error) {
+		unix.Close(fd)
+		return -1, fmt.Errorf("hvt: template %s: %w", what, err)
+	}
+	if err := unix.Ftruncate(fd, int64(len(t))); err != nil {
+		return fail("ftruncate", err)
+	}
+	for off := 0; off < len(t); off += pageSize {
+		page := t[off : off+pageSize]
+		if isZero(page) {
+			continue
+		}
+		if _, err := unix.Pwrite(fd, page, int64(off)); err != nil {
+			return fail("write", err)
+		}
+	}
+	seals := unix.F_SEAL_SEAL | unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_WRITE
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, seals); err != nil {
+		return fail("seal", err)
+	}
+	return fd, nil
+}
+
+func isZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// Kind implements machine.Image.
+func (im *Image) Kind() string { return "hvt" }
+
+// Limits implements machine.Image.
+func (im *Image) Limits() machine.Limits { return im.limits }
+
+// Close releases the template. Machines already created keep their own
+// mappings and stay valid.
+func (im *Image) Close() error {
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	if im.closed {
+		return nil
+	}
+	im.closed = true
+	return unix.Close(im.memfd)
+}
+
+// NewMachine creates a VM with one vCPU, maps the template copy-on-write
+// as its memory and sets the entry state. No guest code runs yet.
+func (im *Image) NewMachine() (machine.Machine, error) {
+	return im.newMachine()
+}
+
+func (im *Image) newMachine() (m *Machine, err error) {
+	im.mu.Lock()
+	if im.closed {
+		im.mu.Unlock()
+		return nil, fmt.Errorf("hvt: image closed")
+	}
+	memfd := im.memfd
+	im.mu.Unlock()
+
+	m = &Machine{im: im, vmfd: -1, vcpufd: -1}
+	defer func() {
+		if err != nil {
+			m.Close()
+			m = nil
+		}
+	}()
+	memSize := uintptr(im.lay.memSize)
+	// Anonymous private memory reads as shared zero pages until written;
+	// NORESERVE because most of it never is.
+	p, err := unix.MmapPtr(-1, 0, nil, memSize, unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		return nil, fmt.Errorf("hvt: mmap guest memory: %w", err)
+	}
+	m.memPtr = p
+	m.mem = unsafe.Slice((*byte)(p), memSize)
+	if _, err := unix.MmapPtr(memfd, 0, p, im.tsize, unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_FIXED); err != nil {
+		return nil, fmt.Errorf("hvt: mmap template: %w", err)
+	}
+	if m.vmfd, err = im.sys.CreateVM(); err != nil {
+		return nil, err
+	}
+	region := kvm.UserspaceMemoryRegion{Slot: 0, GuestPhysAddr: 0, MemorySize: uint64(memSize), UserspaceAddr: uint64(uintptr(p))}
+	if err = kvm.SetUserMemoryRegion(m.vmfd, &region); err != nil {
+		return nil, err
+	}
+	if m.vcpufd, err = kvm.CreateVCPU(m.vmfd, 0); err != nil {
+		return nil, err
+	}
+	rp, err := unix.MmapPtr(m.vcpufd, 0, nil, uintptr(im.sys.RunSize()), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("hvt: mmap kvm_run: %w", err)
+	}
+	m.runPtr = rp
+	m.runMap = unsafe.Slice((*byte)(rp), im.sys.RunSize())
+	m.run = (*kvm.Run)(rp)
+	// CPUID before SREGS: KVM checks CR4/EFER bits against the guest CPUID.
+	if err = kvm.SetCPUID2(m.vcpufd, im.cpuid); err != nil {
+		return nil, err
+	}
+	sregs := im.sregs
+	if err = kvm.SetSregs(m.vcpufd, &sregs); err != nil {
+		return nil, err
+	}
+	regs := im.regs
+	if err = kvm.SetRegs(m.vcpufd, &regs); err != nil {
+		return nil, err
+	}
+	return m, nil
+}

@@ -1,0 +1,194 @@
+package hvt
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/dust-run/dust/internal/kvm"
+)
+
+// Page-table entry bits. Accessed and Dirty are preset everywhere so the
+// CPU never writes to the tables: a machine's page tables then stay shared
+// with the template instead of being copied on write.
+const (
+	pteP   = 1 << 0
+	pteRW  = 1 << 1
+	pteUS  = 1 << 2
+	pteA   = 1 << 5
+	pteD   = 1 << 6
+	ptePS  = 1 << 7
+	pteDir = pteP | pteRW | pteUS | pteA // U/S and RW must be set at every level for user access
+
+	permNone    = 0
+	permUserRO  = pteP | pteUS | pteA
+	permUserRW  = pteP | pteRW | pteUS | pteA | pteD
+	permSuperRW = pteP | pteRW | pteA | pteD
+)
+
+// layout is an image placed in a memory size: the template bytes and the
+// geometry written into the boot info.
+type layout struct {
+	memSize   uint64
+	heapStart uint64
+	heapEnd   uint64
+	stackTop  uint64
+	guard     uint64 // unmapped page between heap and stack
+	entry     uint64
+	tmpl      []byte // guest memory [0, len(tmpl)); the rest starts zeroed
+}
+
+// buildLayout places img in memSize bytes of guest memory.
+func buildLayout(img *elfImage, memSize, tscHz uint64) (*layout, error) {
+	if memSize < MinMemory || memSize > MaxMemory || memSize%largePage != 0 {
+		return nil, fmt.Errorf("hvt: memory %d bytes: want a multiple of 2 MiB in [%d MiB, %d GiB]", memSize, MinMemory>>20, MaxMemory>>30)
+	}
+	l := &layout{memSize: memSize, stackTop: memSize, entry: img.entry}
+	l.guard = memSize - stackSize - pageSize
+	l.heapStart = img.end
+	l.heapEnd = l.guard
+	if img.end > l.guard || l.heapEnd-l.heapStart < 64<<10 {
+		return nil, badImage("layout", "image ends at %#x: no room for a 64 KiB heap and the %d KiB stack in %d MiB of guest memory", img.end, stackSize>>10, memSize>>20)
+	}
+
+	// The template covers monitor pages, boot info, request area and every
+	// byte the image file provides; BSS beyond that comes from zero pages.
+	size := uint64(requestEnd)
+	for _, s := range img.segments {
+		size = max(size, alignUp(s.vaddr+uint64(len(s.data)), pageSize))
+	}
+	t := make([]byte, size)
+	l.tmpl = t
+	for _, s := range img.segments {
+		copy(t[s.vaddr:], s.data)
+	}
+	le := binary.LittleEndian
+
+	// GDT: descriptors with the accessed bit preset (see pte comment).
+	gdt := []uint64{
+		0,
+		0x00AF9B000000FFFF, // kernel code64, DPL0
+		0x00CF93000000FFFF, // kernel data, DPL0
+		0x00CFF3000000FFFF, // user data, DPL3
+		0x00AFFB000000FFFF, // user code64, DPL3
+	}
+	for i, d := range gdt {
+		le.PutUint64(t[gdtAddr+8*i:], d)
+	}
+	tssLo := uint64(tssLimit&0xFFFF) | uint64(tssAddr&0xFFFFFF)<<16 | uint64(0xB)<<40 | 1<<47 |
+		uint64(tssLimit>>16&0xF)<<48 | uint64(tssAddr>>24&0xFF)<<56
+	le.PutUint64(t[gdtAddr+8*5:], tssLo)
+	le.PutUint64(t[gdtAddr+8*6:], uint64(tssAddr)>>32)
+	le.PutUint16(t[tssAddr+0x66:], tssIOMap)
+	// The bitmap (zero: every port allowed) and its all-ones terminating
+	// byte; unknown ports then reach the monitor as a clean exit.
+	t[tssAddr+tssLimit] = 0xFF
+
+	if err := l.pageTables(img, t); err != nil {
+		return nil, err
+	}
+
+	bi := t[bootInfoAddr:]
+	le.PutUint64(bi[biMagic:], bootMagic)
+	le.PutUint32(bi[biABIVersion:], abiVersion)
+	le.PutUint32(bi[biSize:], bootInfoSize)
+	le.PutUint64(bi[biMemSize:], memSize)
+	le.PutUint64(bi[biHeapStart:], l.heapStart)
+	le.PutUint64(bi[biHeapEnd:], l.heapEnd)
+	le.PutUint64(bi[biStackTop:], l.stackTop)
+	le.PutUint64(bi[biTSCHz:], tscHz)
+	return l, nil
+}
+
+// perm returns the page-table permission of the 4 KiB page at addr.
+func (l *layout) perm(img *elfImage, addr uint64) uint64 {
+	switch {
+	case addr == gdtAddr, addr >= tssAddr && addr <= tssAddr+tssLimit:
+		return permSuperRW // GDT and TSS: the CPU reads them, the guest may not
+	case addr < monitorEnd:
+		return permNone
+	case addr < imageBase:
+		return permUserRO // boot info and request
+	case addr == l.guard:
+		return permNone
+	}
+	for _, s := range img.segments {
+		if addr >= s.vaddr&^(pageSize-1) && addr < s.vaddr+s.memsz {
+			if s.flags&pfW != 0 {
+				return permUserRW
+			}
+			return permUserRO
+		}
+	}
+	return permUserRW
+}
+
+// pageTables writes an identity map of guest memory: 2 MiB pages where a
+// region is uniformly user read-write, 4 KiB pages where permissions vary
+// (monitor pages, read-only image segments, the stack guard).
+func (l *layout) pageTables(img *elfImage, t []byte) error {
+	le := binary.LittleEndian
+	le.PutUint64(t[pml4Addr:], pdptAddr|pteDir)
+	nLarge := l.memSize / largePage
+	for i := uint64(0); i < (nLarge+511)/512; i++ {
+		le.PutUint64(t[pdptAddr+8*i:], (pdAddr+pageSize*i)|pteDir)
+	}
+	nPT := 0
+	for r := uint64(0); r < nLarge; r++ {
+		base := r * largePage
+		uniform := true
+		if base < img.end || (l.guard >= base && l.guard < base+largePage) {
+			for a := base; a < base+largePage; a += pageSize {
+				if l.perm(img, a) != permUserRW {
+					uniform = false
+					break
+				}
+			}
+		}
+		pde := pdAddr + 8*r
+		if uniform {
+			le.PutUint64(t[pde:], base|permUserRW|ptePS)
+			continue
+		}
+		if nPT == ptMax {
+			return badImage("layout", "image needs more than %d 4 KiB page tables (read-only segments spread over more than %d MiB)", ptMax, 2*(ptMax-1))
+		}
+		pt := uint64(ptAddr + pageSize*nPT)
+		nPT++
+		le.PutUint64(t[pde:], pt|pteDir)
+		for i := uint64(0); i < 512; i++ {
+			a := base + i*pageSize
+			if p := l.perm(img, a); p != permNone {
+				le.PutUint64(t[pt+8*i:], a|p)
+			}
+		}
+	}
+	return nil
+}
+
+// initialSregs is the vCPU's special-register state at entry: 64-bit long
+// mode, paging on, user (DPL 3) segments, no IDT. Any exception therefore
+// escalates to a triple fault, which the monitor reports as a fault.
+func initialSregs() kvm.Sregs {
+	user := func(sel uint16, typ uint8, l, db uint8) kvm.Segment {
+		return kvm.Segment{Base: 0, Limit: 0xFFFFFFFF, Selector: sel, Type: typ, Present: 1, DPL: 3, DB: db, S: 1, L: l, G: 1}
+	}
+	data := user(selUserData, 3, 0, 1)
+	return kvm.Sregs{
+		CS: user(selUserCode, 11, 1, 0),
+		DS: data, ES: data, FS: data, GS: data, SS: data,
+		TR:   kvm.Segment{Base: tssAddr, Limit: tssLimit, Selector: selTSS, Type: 11, Present: 1},
+		LDT:  kvm.Segment{Unusable: 1},
+		GDT:  kvm.DTable{Base: gdtAddr, Limit: gdtEntries*8 - 1},
+		IDT:  kvm.DTable{Base: 0, Limit: 0},
+		CR0:  0x80010021, // PE | NE | WP | PG
+		CR3:  pml4Addr,
+		CR4:  0x620, // PAE | OSFXSR | OSXMMEXCPT: SSE2 usable
+		EFER: 0x500, // LME | LMA
+	}
+}
+
+// initialRegs: entry point, stack at the top of memory, boot info in RDI,
+// IOPL 3 so the guest's `out` instructions reach the monitor.
+func (l *layout) initialRegs() kvm.Regs {
+	return kvm.Regs{RIP: l.entry, RSP: l.stackTop, RDI: bootInfoAddr, RFLAGS: 0x3002}
+}

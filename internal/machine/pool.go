@@ -1,0 +1,187 @@
+package machine
+
+import (
+	"context"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// PoolOptions configures a Pool.
+type PoolOptions struct {
+	// Size is how many never-used machines are kept ready. 0 disables
+	// pre-creation: every Get creates a machine (a "cold" start).
+	Size int
+	// DestroyWorkers bound the goroutines that close used machines off the
+	// request path (default 2).
+	DestroyWorkers int
+	// DestroyQueue bounds used machines waiting for a worker (default 64).
+	// When it is full, Release closes the machine in the caller: slower,
+	// but memory stays bounded.
+	DestroyQueue int
+}
+
+// PoolStats are counters since the pool was made.
+type PoolStats struct {
+	Hits, Misses, Created, Destroyed, CreateErrors int64
+	Ready                                          int
+}
+
+// Pool keeps never-used machines of one image ready, so a request does not
+// pay for machine creation, and destroys used machines on bounded
+// background workers, so it does not pay for destruction either. A machine
+// handed out by Get is never handed out again.
+type Pool struct {
+	img     Image
+	ready   chan Machine
+	destroy chan Machine
+	stop    chan struct{}
+	wg      sync.WaitGroup
+
+	mu     sync.RWMutex
+	closed bool
+
+	hits, misses, created, destroyed, createErrs atomic.Int64
+}
+
+// NewPool starts a pool for img.
+func NewPool(img Image, o PoolOptions) *Pool {
+	if o.DestroyWorkers <= 0 {
+		o.DestroyWorkers = 2
+	}
+	if o.DestroyQueue <= 0 {
+		o.DestroyQueue = 64
+	}
+	p := &Pool{
+		img:     img,
+		ready:   make(chan Machine, max(o.Size, 0)),
+		destroy: make(chan Machine, o.DestroyQueue),
+		stop:    make(chan struct{}),
+	}
+	for range o.DestroyWorkers {
+		p.wg.Add(1)
+		go p.destroyer()
+	}
+	if o.Size > 0 {
+		p.wg.Add(1)
+		go p.fill()
+	}
+	return p
+}
+
+// fill keeps the ready channel full; a full channel blocks it, so it costs
+// nothing while the pool is topped up.
+func (p *Pool) fill() {
+	defer p.wg.Done()
+	backoff := time.Millisecond
+	for {
+		m, err := p.img.NewMachine()
+		if err != nil {
+			p.createErrs.Add(1)
+			// Creation failing (e.g. out of host memory) must not spin.
+			select {
+			case <-time.After(backoff):
+				backoff = min(backoff*2, time.Second)
+				continue
+			case <-p.stop:
+				return
+			}
+		}
+		backoff = time.Millisecond
+		p.created.Add(1)
+		select {
+		case p.ready <- m:
+		case <-p.stop:
+			p.closeMachine(m)
+			return
+		}
+	}
+}
+
+func (p *Pool) destroyer() {
+	defer p.wg.Done()
+	for m := range p.destroy {
+		p.closeMachine(m)
+	}
+}
+
+func (p *Pool) closeMachine(m Machine) {
+	m.Close()
+	p.destroyed.Add(1)
+}
+
+// Get returns a never-used machine: a ready one if there is one (hit),
+// otherwise one created now (miss).
+func (p *Pool) Get() (m Machine, hit bool, err error) {
+	select {
+	case m := <-p.ready:
+		p.hits.Add(1)
+		return m, true, nil
+	default:
+	}
+	p.misses.Add(1)
+	m, err = p.img.NewMachine()
+	if err != nil {
+		p.createErrs.Add(1)
+		return nil, false, err
+	}
+	p.created.Add(1)
+	return m, false, nil
+}
+
+// Release hands a used machine to the destroy workers.
+func (p *Pool) Release(m Machine) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if !p.closed {
+		select {
+		case p.destroy <- m:
+			return
+		default:
+		}
+	}
+	p.closeMachine(m)
+}
+
+// Do serves one request on a fresh machine and releases it.
+func (p *Pool) Do(ctx context.Context, req *Request, stdout, stderr io.Writer) (Result, error) {
+	m, _, err := p.Get()
+	if err != nil {
+		return Result{}, err
+	}
+	res := m.Run(ctx, req, stdout, stderr)
+	p.Release(m)
+	return res, nil
+}
+
+// Stats returns the pool's counters.
+func (p *Pool) Stats() PoolStats {
+	return PoolStats{
+		Hits: p.hits.Load(), Misses: p.misses.Load(), Created: p.created.Load(),
+		Destroyed: p.destroyed.Load(), CreateErrors: p.createErrs.Load(), Ready: len(p.ready),
+	}
+}
+
+// Close stops pre-creation, destroys ready machines, waits for pending
+// destructions and returns. The image is not closed.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.closed = true
+	close(p.stop)
+	close(p.destroy)
+	p.mu.Unlock()
+	p.wg.Wait()
+	for {
+		select {
+		case m := <-p.ready:
+			p.closeMachine(m)
+		default:
+			return
+		}
+	}
+}
