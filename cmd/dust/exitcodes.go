@@ -1,0 +1,49 @@
+package main
+
+import (
+	"errors"
+
+	"github.com/dust-run/dust/internal/cgi"
+	"github.com/dust-run/dust/internal/kvm"
+	"github.com/dust-run/dust/internal/machine"
+)
+
+// Exit codes of the dust command. Keep docs/cli.md in step.
+const (
+	exitOK          = 0 // a response was produced
+	exitError       = 1 // anything not listed below (I/O error, internal error)
+	exitUsage       = 2 // bad command line
+	exitBadImage    = 3 // the image was refused (not an ELF/wasm, malformed, wrong ABI)
+	exitDeadline    = 4 // the machine ran past its deadline
+	exitFault       = 5 // the machine faulted, broke the ABI, or hit a memory/output/log limit
+	exitBadOutput   = 6 // the machine's output was not a valid CGI response
+	exitUnavailable = 7 // the machine kind cannot run here (no /dev/kvm...)
+	exitTooLarge    = 8 // the request did not fit the machine
+)
+
+// exitCode maps an error to the exit code table above.
+func exitCode(err error) int {
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, machine.ErrBadImage):
+		return exitBadImage
+	case errors.Is(err, kvm.ErrUnavailable):
+		return exitUnavailable
+	case errors.Is(err, machine.ErrDeadline):
+		return exitDeadline
+	case errors.Is(err, machine.ErrRefused):
+		return exitTooLarge
+	case errors.Is(err, cgi.ErrBadOutput):
+		return exitBadOutput
+	case errors.Is(err, machine.ErrFault), errors.Is(err, machine.ErrBadHypercall),
+		errors.Is(err, machine.ErrMemoryLimit), errors.Is(err, machine.ErrOutputLimit),
+		errors.Is(err, machine.ErrLogLimit):
+		return exitFault
+	case errors.Is(err, machine.ErrBadLimits), errors.Is(err, errUsage):
+		return exitUsage
+	}
+	return exitError
+}
+
+var errUsage = errors.New("usage")

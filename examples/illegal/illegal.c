@@ -1,0 +1,6 @@
+/* Executes an undefined instruction. */
+int main(void)
+{
+	__asm__ volatile("ud2");
+	return 0;
+}
