@@ -3,7 +3,10 @@
 
 int main(void)
 {
+	/* Through a volatile pointer so gcc neither warns nor folds the store. */
+	volatile int *volatile bad = (volatile int *)0x10;
+
 	printf("Content-Type: text/plain\r\n\r\nabout to crash\n");
-	*(volatile int *)0x10 = 1;
+	*bad = 1;
 	return 0;
 }

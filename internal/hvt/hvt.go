@@ -182,11 +182,11 @@ func (im *Image) newMachine() (m *Machine, err error) {
 	memfd := im.memfd
 	im.mu.Unlock()
 
-	m = &Machine{im: im, vmfd: -1, vcpufd: -1}
+	mm := &Machine{im: im, vmfd: -1, vcpufd: -1}
+	m = mm
 	defer func() {
 		if err != nil {
-			m.Close()
-			m = nil
+			mm.Close() // partial set-up: release what was made
 		}
 	}()
 	memSize := uintptr(im.lay.memSize)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/dust-run/dust/internal/kvm"
+	"github.com/dust-run/dust/internal/machine"
 )
 
 // Page-table entry bits. Accessed and Dirty are preset everywhere so the
@@ -40,7 +41,7 @@ type layout struct {
 // buildLayout places img in memSize bytes of guest memory.
 func buildLayout(img *elfImage, memSize, tscHz uint64) (*layout, error) {
 	if memSize < MinMemory || memSize > MaxMemory || memSize%largePage != 0 {
-		return nil, fmt.Errorf("hvt: memory %d bytes: want a multiple of 2 MiB in [%d MiB, %d GiB]", memSize, MinMemory>>20, MaxMemory>>30)
+		return nil, fmt.Errorf("%w: hvt memory %d bytes: want a multiple of 2 MiB in [%d MiB, %d GiB]", machine.ErrBadLimits, memSize, MinMemory>>20, MaxMemory>>30)
 	}
 	l := &layout{memSize: memSize, stackTop: memSize, entry: img.entry}
 	l.guard = memSize - stackSize - pageSize

@@ -268,12 +268,20 @@ func RunVCPU(vcpufd int) error {
 	return nil
 }
 
+// ioctl issues a KVM ioctl other than KVM_RUN, retrying when a signal
+// (the Go runtime's preemption signal, a vCPU kick) interrupts it: KVM
+// set-up ioctls such as KVM_CREATE_VM may return EINTR and are safe to redo.
 func ioctl(fd int, req, arg uintptr) (int, error) {
-	r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
-	if e != 0 {
+	for {
+		r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
+		switch e {
+		case 0:
+			return int(r), nil
+		case unix.EINTR:
+			continue
+		}
 		return int(r), e
 	}
-	return int(r), nil
 }
 
 // DevicePresent reports whether a KVM device node exists, to tell "no KVM

@@ -1,0 +1,119 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/dust-run/dust/internal/kvm/kvmtest"
+)
+
+// guestELF compiles C source against libdust into dir.
+func guestELF(t *testing.T, name, src string) string {
+	t.Helper()
+	dir := t.TempDir()
+	c := filepath.Join(dir, name+".c")
+	if err := os.WriteFile(c, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, name+".elf")
+	if msg, err := exec.Command("../../guest/dustcc", "-o", out, c).CombinedOutput(); err != nil {
+		t.Fatalf("dustcc: %v\n%s", err, msg)
+	}
+	return out
+}
+
+func example(t *testing.T, name string) string {
+	t.Helper()
+	src, err := os.ReadFile(filepath.Join("../../examples", name, name+".c"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return guestELF(t, name, string(src))
+}
+
+func dustRun(args ...string) (int, string, string) {
+	var out, errOut bytes.Buffer
+	code := cmdRun(args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+func TestRunHello(t *testing.T) {
+	kvmtest.Require(t)
+	code, out, errOut := dustRun(example(t, "hello"))
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if !strings.HasPrefix(out, "HTTP/1.1 200 OK\r\n") || !strings.HasSuffix(out, "\r\n\r\nHello, world!\n") {
+		t.Fatalf("output %q", out)
+	}
+}
+
+func TestRunEchoFlags(t *testing.T) {
+	kvmtest.Require(t)
+	body := filepath.Join(t.TempDir(), "body")
+	os.WriteFile(body, []byte("file body"), 0o644)
+	code, out, errOut := dustRun("-X", "post", "--path", "/p/q?a=1&b=2", "-H", "X-Foo: bar", "-H", "X-Foo: baz",
+		"--data", "@"+body, "--env", "APP=1", "--memory", "8MiB", "--timeout", "2s", example(t, "echo"))
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{"method=POST", "path=/p/q", "query=a=1&b=2", "content_length=9", "header HTTP_X_FOO=bar, baz", "body:\nfile body"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestRunExitCodes(t *testing.T) {
+	kvmtest.Require(t)
+	junk := filepath.Join(t.TempDir(), "junk")
+	os.WriteFile(junk, []byte("#!/bin/sh\necho hi\n"), 0o755)
+	cases := []struct {
+		name string
+		args []string
+		code int
+		msg  string
+	}{
+		{"no image", nil, exitUsage, "want exactly one IMAGE"},
+		{"bad flag", []string{"--bogus", "x"}, exitUsage, "flag provided but not defined"},
+		{"bad size", []string{"--memory", "lots", "x"}, exitUsage, "size \"lots\""},
+		{"missing file", []string{"/nonexistent.elf"}, exitError, "no such file"},
+		{"not an image", []string{junk}, exitBadImage, "neither an ELF"},
+		{"bad memory", []string{"--memory", "3MiB", example(t, "hello")}, exitUsage, "multiple of 2 MiB"},
+		{"deadline", []string{"--timeout", "100ms", example(t, "loop")}, exitDeadline, "deadline exceeded"},
+		{"crash", []string{example(t, "crash")}, exitFault, "fault: triple fault"},
+		{"bad pointer", []string{example(t, "badptr")}, exitFault, "bad hypercall"},
+		{"output limit", []string{"--max-output", "64KiB", example(t, "flood")}, exitFault, "output limit"},
+		{"no CGI header", []string{guestELF(t, "nohdr", "#include <stdio.h>\nint main(void){puts(\"just text\");return 0;}\n")}, exitBadOutput, "CGI"},
+		{"bad status", []string{guestELF(t, "badstatus", "#include <stdio.h>\nint main(void){printf(\"Status: abc\\r\\n\\r\\n\");return 0;}\n")}, exitBadOutput, "status"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			code, _, errOut := dustRun(c.args...)
+			if code != c.code {
+				t.Errorf("exit %d, want %d (%s)", code, c.code, errOut)
+			}
+			if !strings.Contains(strings.ToLower(errOut), strings.ToLower(c.msg)) {
+				t.Errorf("stderr %q does not mention %q", errOut, c.msg)
+			}
+		})
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	good := map[string]int64{"0": 0, "4096": 4096, "16MiB": 16 << 20, "512KiB": 512 << 10, "1GiB": 1 << 30, "2M": 2 << 20, "10B": 10}
+	for in, want := range good {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "-1", "1.5MiB", "MiB", "12XB", "99999999999999999999GiB", "1 2"} {
+		if _, err := parseSize(in); err == nil {
+			t.Errorf("parseSize(%q) accepted", in)
+		}
+	}
+}

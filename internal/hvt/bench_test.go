@@ -1,0 +1,233 @@
+package hvt
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dust-run/dust/internal/machine"
+)
+
+// Benchmarks report medians and tails as custom metrics (p50-µs, p99-µs)
+// because these machines are shared and noisy: compare figures from one
+// run, not across runs. Run them with `make bench`.
+
+type latencies []time.Duration
+
+func (l latencies) report(b *testing.B) {
+	if len(l) == 0 {
+		return
+	}
+	slices.Sort(l)
+	q := func(p float64) float64 { return float64(l[int(p*float64(len(l)-1))].Nanoseconds()) / 1e3 }
+	b.ReportMetric(q(0.50), "p50-µs")
+	b.ReportMetric(q(0.99), "p99-µs")
+}
+
+var helloEnv = []string{"GATEWAY_INTERFACE=CGI/1.1", "REQUEST_METHOD=GET", "SCRIPT_NAME=/hello", "PATH_INFO=", "QUERY_STRING=", "SERVER_PROTOCOL=HTTP/1.1", "SERVER_NAME=localhost", "SERVER_PORT=8080", "REMOTE_ADDR=127.0.0.1", "HTTP_HOST=localhost:8080", "HTTP_USER_AGENT=bench"}
+
+// BenchmarkHello is one request through a fresh machine, three ways, plus
+// the process-per-request baseline, measured in the same run.
+func BenchmarkHello(b *testing.B) {
+	im := prepare(b, "hello", machine.Limits{Memory: 4 << 20})
+	check := func(b *testing.B, res machine.Result, out []byte) {
+		if res.Outcome != machine.Served || !bytes.HasSuffix(out, []byte("Hello, world!\n")) {
+			b.Fatalf("%v %q", res.Err(), out)
+		}
+	}
+	b.Run("hvt-pool", func(b *testing.B) {
+		// A pool of pre-created, never-used machines; destruction on
+		// background workers. Per request: take, run, hand back.
+		pool := machine.NewPool(im, machine.PoolOptions{Size: 16})
+		defer pool.Close()
+		waitReady(pool, 16)
+		var out bytes.Buffer
+		lat := make(latencies, 0, b.N)
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			out.Reset()
+			t0 := time.Now()
+			res, err := pool.Do(context.Background(), &machine.Request{Env: helloEnv}, &out, io.Discard)
+			lat = append(lat, time.Since(t0))
+			if err != nil {
+				b.Fatal(err)
+			}
+			check(b, res, out.Bytes())
+		}
+		b.StopTimer()
+		lat.report(b)
+		st := pool.Stats()
+		b.ReportMetric(float64(st.Hits)/float64(st.Hits+st.Misses)*100, "pool-hit-%")
+	})
+	b.Run("hvt-cold", func(b *testing.B) {
+		// No pool: create, run and destroy on the request path.
+		var out bytes.Buffer
+		lat := make(latencies, 0, b.N)
+		for i := 0; i < b.N; i++ {
+			out.Reset()
+			t0 := time.Now()
+			m, err := im.NewMachine()
+			if err != nil {
+				b.Fatal(err)
+			}
+			res := m.Run(context.Background(), &machine.Request{Env: helloEnv}, &out, io.Discard)
+			m.Close()
+			lat = append(lat, time.Since(t0))
+			check(b, res, out.Bytes())
+		}
+		lat.report(b)
+	})
+	b.Run("posix-spawn", func(b *testing.B) {
+		// The same C program, linked statically against glibc, started
+		// per request with clone(CLONE_VM|CLONE_VFORK)+execve (what
+		// posix_spawn does), stdout through a pipe.
+		bin := staticHello(b)
+		attr := &syscall.ProcAttr{Env: helloEnv}
+		buf := make([]byte, 4096)
+		lat := make(latencies, 0, b.N)
+		for i := 0; i < b.N; i++ {
+			t0 := time.Now()
+			r, w, err := os.Pipe()
+			if err != nil {
+				b.Fatal(err)
+			}
+			attr.Files = []uintptr{0, w.Fd(), 2}
+			pid, err := syscall.ForkExec(bin, []string{bin}, attr)
+			w.Close()
+			if err != nil {
+				b.Fatal(err)
+			}
+			n, _ := io.ReadFull(r, buf)
+			r.Close()
+			var ws syscall.WaitStatus
+			syscall.Wait4(pid, &ws, 0, nil)
+			lat = append(lat, time.Since(t0))
+			if !bytes.HasSuffix(buf[:n], []byte("Hello, world!\n")) || ws.ExitStatus() != 0 {
+				b.Fatalf("spawned hello: %q status %d", buf[:n], ws.ExitStatus())
+			}
+		}
+		lat.report(b)
+	})
+}
+
+func waitReady(p *machine.Pool, n int) {
+	for p.Stats().Ready < n {
+		runtime.Gosched()
+	}
+}
+
+var (
+	staticOnce sync.Once
+	staticBin  string
+	staticErr  error
+)
+
+// staticHello builds examples/hello/hello.c as an ordinary static Linux
+// program with the host's gcc and glibc.
+func staticHello(b *testing.B) string {
+	staticOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "dust-spawn-")
+		if err != nil {
+			staticErr = err
+			return
+		}
+		staticBin = filepath.Join(dir, "hello")
+		out, err := exec.Command("gcc", "-O2", "-static", "-o", staticBin, "../../examples/hello/hello.c").CombinedOutput()
+		if err != nil {
+			staticErr = fmt.Errorf("%v: %s", err, out)
+		}
+	})
+	if staticErr != nil {
+		b.Fatalf("building the static hello baseline: %v", staticErr)
+	}
+	return staticBin
+}
+
+// BenchmarkSustained measures fresh machines per second with creation and
+// destruction included, from as many goroutines as GOMAXPROCS.
+func BenchmarkSustained(b *testing.B) {
+	im := prepare(b, "hello", machine.Limits{Memory: 4 << 20})
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		var out bytes.Buffer
+		for pb.Next() {
+			out.Reset()
+			m, err := im.NewMachine()
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			res := m.Run(context.Background(), &machine.Request{Env: helloEnv}, &out, io.Discard)
+			m.Close()
+			if res.Outcome != machine.Served {
+				b.Error(res.Err())
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "machines/s")
+}
+
+// BenchmarkMemoryPerMachine keeps N hello machines alive after they served
+// their request and reports what each costs the host: the private pages
+// this process touched for it, and the drop in the kernel's MemAvailable
+// (which also counts KVM's own structures and shadow page tables).
+func BenchmarkMemoryPerMachine(b *testing.B) {
+	im := prepare(b, "hello", machine.Limits{Memory: 4 << 20})
+	const n = 256
+	for i := 0; i < b.N; i++ {
+		runtime.GC()
+		priv0, avail0 := privateKiB(b), memAvailableKiB(b)
+		ms := make([]machine.Machine, 0, n)
+		for j := 0; j < n; j++ {
+			m, err := im.NewMachine()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if res := m.Run(context.Background(), &machine.Request{Env: helloEnv}, io.Discard, io.Discard); res.Outcome != machine.Served {
+				b.Fatal(res.Err())
+			}
+			ms = append(ms, m)
+		}
+		priv1, avail1 := privateKiB(b), memAvailableKiB(b)
+		for _, m := range ms {
+			m.Close()
+		}
+		b.ReportMetric(float64(priv1-priv0)/n, "private-KiB/machine")
+		b.ReportMetric(float64(avail0-avail1)/n, "host-KiB/machine")
+	}
+}
+
+func privateKiB(b *testing.B) int64 {
+	return procField(b, "/proc/self/smaps_rollup", "Private_Dirty:") + procField(b, "/proc/self/smaps_rollup", "Private_Clean:")
+}
+
+func memAvailableKiB(b *testing.B) int64 { return procField(b, "/proc/meminfo", "MemAvailable:") }
+
+func procField(b *testing.B, file, key string) int64 {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(l, key); ok {
+			var n int64
+			fmt.Sscan(v, &n)
+			return n
+		}
+	}
+	b.Fatalf("%s: no %s", file, key)
+	return 0
+}
