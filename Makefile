@@ -49,7 +49,7 @@ fuzz:
 	done
 
 bench: examples
-	$(GO) test -run='^$$' -bench=. -benchtime=2000x -count=1 ./internal/hvt/
+	$(GO) test -run='^$$' -bench=. -benchtime=2000x -count=1 ./internal/hvt/ ./internal/cgi/
 
 clean:
 	rm -rf bin

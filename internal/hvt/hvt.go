@@ -9,6 +9,7 @@
 package hvt
 
 import (
+	"encoding/binary"
 	"fmt"
 	"sync"
 	"unsafe"
@@ -60,11 +61,15 @@ type Image struct {
 	sys    *kvm.System
 	limits machine.Limits
 	lay    *layout
+	elf    *elfImage
 	memfd  int
-	tsize  uintptr
-	sregs  kvm.Sregs
-	regs   kvm.Regs
-	cpuid  []byte
+
+	warmOn    bool
+	warmPages int
+	tsize     uintptr
+	sregs     kvm.Sregs
+	regs      kvm.Regs
+	cpuid     []byte
 
 	mu     sync.Mutex
 	closed bool
@@ -102,12 +107,42 @@ func Prepare(elf []byte, limits machine.Limits) (*Image, error) {
 		return nil, err
 	}
 	im := &Image{
-		sys: sys, limits: limits, lay: lay, memfd: fd, tsize: uintptr(len(lay.tmpl)),
+		sys: sys, limits: limits, lay: lay, elf: img, memfd: fd, tsize: uintptr(len(lay.tmpl)),
 		sregs: initialSregs(), regs: lay.initialRegs(), cpuid: cpuid,
 	}
 	lay.tmpl = nil // the memfd holds it now
+	list, err := im.probe()
+	if err == nil {
+		err = im.setWarmList(list)
+	}
+	if err == nil {
+		err = sealTemplate(fd)
+	}
+	if err != nil {
+		im.Close()
+		return nil, err
+	}
 	return im, nil
 }
+
+// setWarmList stores the warm list in the (not yet sealed) template; every
+// machine made from now on runs the warm-up stub.
+func (im *Image) setWarmList(list []uint64) error {
+	b := make([]byte, 8*(len(list)+1))
+	for i, a := range list {
+		binary.LittleEndian.PutUint64(b[8*i:], a)
+	}
+	if _, err := unix.Pwrite(im.memfd, b, warmList); err != nil {
+		return fmt.Errorf("hvt: template warm list: %w", err)
+	}
+	im.warmPages = len(list)
+	im.warmOn = true
+	return nil
+}
+
+// WarmPages is how many guest pages each machine touches before its
+// request (see warm.go).
+func (im *Image) WarmPages() int { return im.warmPages }
 
 // writeTemplate stores the template in a sealed memfd. Only non-zero pages
 // are written, so the template's own footprint is the image, not the
@@ -133,11 +168,16 @@ func writeTemplate(t []byte) (int, error) {
 			return fail("write", err)
 		}
 	}
+	return fd, nil
+}
+
+// sealTemplate makes the template immutable for the rest of its life.
+func sealTemplate(fd int) error {
 	seals := unix.F_SEAL_SEAL | unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_WRITE
 	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, seals); err != nil {
-		return fail("seal", err)
+		return fmt.Errorf("hvt: sealing the template: %w", err)
 	}
-	return fd, nil
+	return nil
 }
 
 func isZero(b []byte) bool {
@@ -231,6 +271,11 @@ func (im *Image) newMachine() (m *Machine, err error) {
 	regs := im.regs
 	if err = kvm.SetRegs(m.vcpufd, &regs); err != nil {
 		return nil, err
+	}
+	if im.warmOn {
+		if err = mm.warm(); err != nil {
+			return nil, err
+		}
 	}
 	return m, nil
 }

@@ -84,6 +84,7 @@ func buildLayout(img *elfImage, memSize, tscHz uint64) (*layout, error) {
 	// byte; unknown ports then reach the monitor as a clean exit.
 	t[tssAddr+tssLimit] = 0xFF
 
+	copy(t[warmAddr:], warmStub)
 	if err := l.pageTables(img, t); err != nil {
 		return nil, err
 	}
@@ -105,6 +106,8 @@ func (l *layout) perm(img *elfImage, addr uint64) uint64 {
 	switch {
 	case addr == gdtAddr, addr >= tssAddr && addr <= tssAddr+tssLimit:
 		return permSuperRW // GDT and TSS: the CPU reads them, the guest may not
+	case addr == warmAddr:
+		return permUserRO // the warm-up stub and its page list
 	case addr < monitorEnd:
 		return permNone
 	case addr < imageBase:
