@@ -229,6 +229,7 @@ func (im *Image) newMachine() (m *Machine, err error) {
 			mm.Close() // partial set-up: release what was made
 		}
 	}()
+	lap := phaseTimer("create")
 	memSize := uintptr(im.lay.memSize)
 	// Anonymous private memory reads as shared zero pages until written;
 	// NORESERVE because most of it never is.
@@ -239,20 +240,25 @@ func (im *Image) newMachine() (m *Machine, err error) {
 	}
 	m.memPtr = p
 	m.mem = unsafe.Slice((*byte)(p), memSize)
+	lap("mmap guest memory")
 	if _, err := unix.MmapPtr(memfd, 0, p, im.tsize, unix.PROT_READ|unix.PROT_WRITE,
 		unix.MAP_PRIVATE|unix.MAP_FIXED); err != nil {
 		return nil, fmt.Errorf("hvt: mmap template: %w", err)
 	}
+	lap("mmap template")
 	if m.vmfd, err = im.sys.CreateVM(); err != nil {
 		return nil, err
 	}
+	lap("KVM_CREATE_VM")
 	region := kvm.UserspaceMemoryRegion{Slot: 0, GuestPhysAddr: 0, MemorySize: uint64(memSize), UserspaceAddr: uint64(uintptr(p))}
 	if err = kvm.SetUserMemoryRegion(m.vmfd, &region); err != nil {
 		return nil, err
 	}
+	lap("KVM_SET_USER_MEMORY_REGION")
 	if m.vcpufd, err = kvm.CreateVCPU(m.vmfd, 0); err != nil {
 		return nil, err
 	}
+	lap("KVM_CREATE_VCPU")
 	rp, err := unix.MmapPtr(m.vcpufd, 0, nil, uintptr(im.sys.RunSize()), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return nil, fmt.Errorf("hvt: mmap kvm_run: %w", err)
@@ -260,22 +266,27 @@ func (im *Image) newMachine() (m *Machine, err error) {
 	m.runPtr = rp
 	m.runMap = unsafe.Slice((*byte)(rp), im.sys.RunSize())
 	m.run = (*kvm.Run)(rp)
+	lap("mmap kvm_run")
 	// CPUID before SREGS: KVM checks CR4/EFER bits against the guest CPUID.
 	if err = kvm.SetCPUID2(m.vcpufd, im.cpuid); err != nil {
 		return nil, err
 	}
+	lap("KVM_SET_CPUID2")
 	sregs := im.sregs
 	if err = kvm.SetSregs(m.vcpufd, &sregs); err != nil {
 		return nil, err
 	}
+	lap("KVM_SET_SREGS")
 	regs := im.regs
 	if err = kvm.SetRegs(m.vcpufd, &regs); err != nil {
 		return nil, err
 	}
+	lap("KVM_SET_REGS")
 	if im.warmOn {
 		if err = mm.warm(); err != nil {
 			return nil, err
 		}
+		lap("warm-up run (first KVM_RUN, stub, KVM_SET_REGS)")
 	}
 	return m, nil
 }

@@ -54,19 +54,24 @@ func (m *Machine) Close() error {
 	}
 	m.closed = true
 	var errs []error
+	lap := phaseTimer("close")
 	if m.runPtr != nil {
 		errs = append(errs, unix.MunmapPtr(m.runPtr, uintptr(len(m.runMap))))
 		m.runPtr, m.run = nil, nil
+		lap("munmap kvm_run")
 	}
 	if m.vcpufd >= 0 {
 		errs = append(errs, unix.Close(m.vcpufd))
+		lap("close vcpu fd")
 	}
 	if m.vmfd >= 0 {
 		errs = append(errs, unix.Close(m.vmfd))
+		lap("close vm fd (VM teardown)")
 	}
 	if m.memPtr != nil {
 		errs = append(errs, unix.MunmapPtr(m.memPtr, uintptr(len(m.mem))))
 		m.memPtr, m.mem = nil, nil
+		lap("munmap guest memory")
 	}
 	return errors.Join(errs...)
 }
@@ -91,6 +96,7 @@ func (m *Machine) kick() {
 
 // session is the state of one Run.
 type session struct {
+	lap    func(string)
 	m      *Machine
 	ctx    context.Context
 	limits machine.Limits
@@ -108,7 +114,8 @@ func (m *Machine) Run(ctx context.Context, req *machine.Request, stdout, stderr 
 	if !m.used.CompareAndSwap(false, true) {
 		return machine.Result{Outcome: machine.InternalError, Detail: "machine already used", Cause: errors.New("hvt: a machine serves one request")}
 	}
-	s := &session{m: m, limits: m.im.limits, stdout: stdout, stderr: stderr, body: req.Body, bodyLeft: req.BodyLen}
+	lap := phaseTimer("run")
+	s := &session{lap: lap, m: m, limits: m.im.limits, stdout: stdout, stderr: stderr, body: req.Body, bodyLeft: req.BodyLen}
 	if s.body == nil {
 		s.body, s.bodyLeft = eofReader{}, 0
 	}
@@ -119,6 +126,7 @@ func (m *Machine) Run(ctx context.Context, req *machine.Request, stdout, stderr 
 		return machine.Result{Outcome: machine.Canceled, Detail: "reading request body", Cause: err}
 	}
 
+	lap("place request in guest memory")
 	ctx, cancel := context.WithTimeout(ctx, s.limits.Timeout)
 	defer cancel()
 	s.ctx = ctx
@@ -130,6 +138,7 @@ func (m *Machine) Run(ctx context.Context, req *machine.Request, stdout, stderr 
 	m.running = true
 	m.mu.Unlock()
 
+	lap("arm deadline, lock thread")
 	s.loop()
 
 	m.mu.Lock()
@@ -138,6 +147,7 @@ func (m *Machine) Run(ctx context.Context, req *machine.Request, stdout, stderr 
 	runtime.UnlockOSThread()
 	stop()
 
+	lap("disarm deadline, unlock thread")
 	s.res.RunTime = time.Since(start)
 	return s.res
 }
@@ -215,6 +225,7 @@ func (s *session) loop() {
 			return
 		}
 		err := kvm.RunVCPU(m.vcpufd)
+		s.lap("KVM_RUN (guest running)")
 		s.res.Exits++
 		switch err {
 		case nil:
@@ -233,7 +244,9 @@ func (s *session) loop() {
 		}
 		switch r := m.run.ExitReason; r {
 		case kvm.KVM_EXIT_IO:
-			if !s.io() {
+			ok := s.io()
+			s.lap("hypercall handling")
+			if !ok {
 				return
 			}
 		case kvm.KVM_EXIT_SHUTDOWN:

@@ -1,0 +1,149 @@
+package machine
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+// fakeImage makes fakeMachines and tracks how many are alive.
+type fakeImage struct {
+	made, live atomic.Int64
+	fail       atomic.Bool
+}
+
+func (f *fakeImage) Kind() string   { return "fake" }
+func (f *fakeImage) Limits() Limits { return Limits{} }
+func (f *fakeImage) Close() error   { return nil }
+func (f *fakeImage) NewMachine() (Machine, error) {
+	if f.fail.Load() {
+		return nil, errors.New("no more machines")
+	}
+	f.live.Add(1)
+	return &fakeMachine{img: f, id: f.made.Add(1)}, nil
+}
+
+type fakeMachine struct {
+	img    *fakeImage
+	id     int64
+	runs   atomic.Int32
+	closed atomic.Int32
+}
+
+func (m *fakeMachine) Run(ctx context.Context, req *Request, stdout, stderr io.Writer) Result {
+	if m.runs.Add(1) > 1 {
+		return Result{Outcome: InternalError, Detail: "reused"}
+	}
+	return Result{Outcome: Served}
+}
+
+func (m *fakeMachine) Close() error {
+	if m.closed.Add(1) == 1 {
+		m.img.live.Add(-1)
+	}
+	return nil
+}
+
+func TestPoolHandsOutEachMachineOnce(t *testing.T) {
+	img := &fakeImage{}
+	p := NewPool(img, PoolOptions{Size: 4, DestroyWorkers: 2})
+	seen := sync.Map{}
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 200; i++ {
+				m, _, err := p.Get()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				fm := m.(*fakeMachine)
+				if _, dup := seen.LoadOrStore(fm.id, true); dup {
+					t.Errorf("machine %d handed out twice", fm.id)
+				}
+				if res := m.Run(context.Background(), &Request{}, io.Discard, io.Discard); res.Outcome != Served {
+					t.Errorf("machine %d: %v", fm.id, res.Detail)
+				}
+				p.Release(m)
+			}
+		}()
+	}
+	wg.Wait()
+	p.Close()
+	st := p.Stats()
+	if st.Hits+st.Misses != 1600 {
+		t.Errorf("hits %d + misses %d != 1600", st.Hits, st.Misses)
+	}
+	if n := img.live.Load(); n != 0 {
+		t.Errorf("%d machines still alive after Close", n)
+	}
+	if st.Created != st.Destroyed {
+		t.Errorf("created %d, destroyed %d", st.Created, st.Destroyed)
+	}
+}
+
+func TestPoolColdAndErrors(t *testing.T) {
+	img := &fakeImage{}
+	p := NewPool(img, PoolOptions{Size: 0})
+	defer p.Close()
+	m, hit, err := p.Get()
+	if err != nil || hit {
+		t.Fatalf("cold get: hit=%v err=%v", hit, err)
+	}
+	p.Release(m)
+	img.fail.Store(true)
+	if _, _, err := p.Get(); err == nil {
+		t.Fatal("Get succeeded although the image cannot make machines")
+	}
+	if st := p.Stats(); st.CreateErrors != 1 || st.Misses != 2 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+func TestReleaseAfterCloseStillDestroys(t *testing.T) {
+	img := &fakeImage{}
+	p := NewPool(img, PoolOptions{Size: 1})
+	m, _, _ := p.Get()
+	p.Close()
+	p.Release(m)
+	if n := img.live.Load(); n != 0 {
+		t.Errorf("%d machines alive", n)
+	}
+}
+
+func TestResultErrWrapsSentinels(t *testing.T) {
+	cause := errors.New("pipe closed")
+	r := Result{Outcome: BadOutput, Detail: "writing the response", Cause: cause}
+	err := r.Err()
+	if !errors.Is(err, ErrBadOutput) || !errors.Is(err, cause) {
+		t.Fatalf("%v does not wrap both the sentinel and the cause", err)
+	}
+	var oe *OutcomeError
+	if !errors.As(err, &oe) || oe.Result.Outcome != BadOutput {
+		t.Fatal("not an *OutcomeError")
+	}
+	if (&Result{Outcome: Served, ExitStatus: 3}).Err() != nil {
+		t.Fatal("Served is not an error")
+	}
+	for o := Served; o <= Refused; o++ {
+		if strings.HasPrefix(o.String(), "outcome(") {
+			t.Errorf("outcome %d has no name", o)
+		}
+	}
+}
+
+func TestLimits(t *testing.T) {
+	l := Limits{}.WithDefaults()
+	if l.Memory != DefaultMemory || l.Timeout != DefaultTimeout || l.MaxOutput != DefaultMaxOutput || l.MaxLog != DefaultMaxLog {
+		t.Fatalf("defaults %+v", l)
+	}
+	if err := (Limits{Memory: -1}).Validate(); !errors.Is(err, ErrBadLimits) {
+		t.Fatalf("negative memory: %v", err)
+	}
+}
