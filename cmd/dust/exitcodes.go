@@ -17,8 +17,9 @@ const (
 	exitDeadline    = 4 // the machine ran past its deadline
 	exitFault       = 5 // the machine faulted, broke the ABI, or hit a memory/output/log limit
 	exitBadOutput   = 6 // the machine's output was not a valid CGI response
-	exitUnavailable = 7 // the machine kind cannot run here (no /dev/kvm...)
+	exitUnavailable = 7 // cannot run here: no /dev/kvm, admin API unreachable or token refused, port in use
 	exitTooLarge    = 8 // the request did not fit the machine
+	exitNotFound    = 9 // no such app (admin commands)
 )
 
 // exitCode maps an error to the exit code table above.

@@ -13,8 +13,15 @@ import (
 const usage = `usage: dust <command> [flags]
 
 commands:
-  run IMAGE   run one request through one fresh machine and print the response
-  version     print the version
+  run IMAGE          run one request through one fresh machine and print the response
+  serve              run the gateway: one fresh machine per HTTP request (-demo deploys the examples)
+  deploy NAME IMAGE  deploy (or redeploy) an app to a running gateway
+  apps               list deployed apps
+  app NAME           show an app: settings, versions, live status
+  rollback NAME      switch an app back to its previous version
+  rm NAME            remove an app
+  logs NAME [-f]     print (and follow) an app's log
+  version            print the version
 
 Run 'dust <command> -h' for the flags of a command.
 `
@@ -31,6 +38,10 @@ func run(args []string) int {
 	switch args[0] {
 	case "run":
 		return cmdRun(args[1:], os.Stdout, os.Stderr)
+	case "serve":
+		return cmdServe(args[1:], os.Stdout, os.Stderr)
+	case "deploy", "apps", "app", "rollback", "rm", "logs":
+		return cmdAdmin(args[0], args[1:], os.Stdout, os.Stderr)
 	case "version":
 		fmt.Println("dust", version)
 		return exitOK

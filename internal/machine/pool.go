@@ -13,6 +13,8 @@ type PoolOptions struct {
 	// Size is how many never-used machines are kept ready. 0 disables
 	// pre-creation: every Get creates a machine (a "cold" start).
 	Size int
+	// MaxSize bounds Size and later SetSize calls (default max(Size, 64)).
+	MaxSize int
 	// DestroyWorkers bound the goroutines that close used machines off the
 	// request path (default 2).
 	DestroyWorkers int
@@ -25,7 +27,7 @@ type PoolOptions struct {
 // PoolStats are counters since the pool was made.
 type PoolStats struct {
 	Hits, Misses, Created, Destroyed, CreateErrors int64
-	Ready                                          int
+	Ready, Target                                  int
 }
 
 // Pool keeps never-used machines of one image ready, so a request does not
@@ -37,6 +39,8 @@ type Pool struct {
 	ready   chan Machine
 	destroy chan Machine
 	stop    chan struct{}
+	wake    chan struct{} // nudges the filler: a machine was taken or the target changed
+	target  atomic.Int64
 	wg      sync.WaitGroup
 
 	mu     sync.RWMutex
@@ -53,29 +57,62 @@ func NewPool(img Image, o PoolOptions) *Pool {
 	if o.DestroyQueue <= 0 {
 		o.DestroyQueue = 64
 	}
+	if o.MaxSize <= 0 {
+		o.MaxSize = max(o.Size, 64)
+	}
 	p := &Pool{
 		img:     img,
-		ready:   make(chan Machine, max(o.Size, 0)),
+		ready:   make(chan Machine, o.MaxSize),
 		destroy: make(chan Machine, o.DestroyQueue),
 		stop:    make(chan struct{}),
+		wake:    make(chan struct{}, 1),
 	}
+	p.target.Store(int64(min(max(o.Size, 0), o.MaxSize)))
 	for range o.DestroyWorkers {
 		p.wg.Add(1)
 		go p.destroyer()
 	}
-	if o.Size > 0 {
-		p.wg.Add(1)
-		go p.fill()
-	}
+	p.wg.Add(1)
+	go p.fill()
 	return p
 }
 
-// fill keeps the ready channel full; a full channel blocks it, so it costs
-// nothing while the pool is topped up.
+// SetSize changes how many ready machines the pool keeps (clamped to
+// [0, MaxSize]). Shrinking destroys the extra ones; 0 means nothing waits
+// between requests (scale to zero).
+func (p *Pool) SetSize(n int) {
+	p.target.Store(int64(min(max(n, 0), cap(p.ready))))
+	p.poke()
+}
+
+func (p *Pool) poke() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// fill keeps len(ready) at the target. Only fill sends on ready, so a send
+// after seeing len < target (<= cap) never blocks.
 func (p *Pool) fill() {
 	defer p.wg.Done()
 	backoff := time.Millisecond
 	for {
+		for t := p.target.Load(); int64(len(p.ready)) >= t; t = p.target.Load() {
+			if int64(len(p.ready)) > t {
+				select {
+				case m := <-p.ready:
+					p.Release(m)
+				default:
+				}
+				continue
+			}
+			select {
+			case <-p.wake:
+			case <-p.stop:
+				return
+			}
+		}
 		m, err := p.img.NewMachine()
 		if err != nil {
 			p.createErrs.Add(1)
@@ -91,10 +128,11 @@ func (p *Pool) fill() {
 		backoff = time.Millisecond
 		p.created.Add(1)
 		select {
-		case p.ready <- m:
 		case <-p.stop:
 			p.closeMachine(m)
 			return
+		default:
+			p.ready <- m
 		}
 	}
 }
@@ -117,6 +155,7 @@ func (p *Pool) Get() (m Machine, hit bool, err error) {
 	select {
 	case m := <-p.ready:
 		p.hits.Add(1)
+		p.poke()
 		return m, true, nil
 	default:
 	}
@@ -160,6 +199,7 @@ func (p *Pool) Stats() PoolStats {
 	return PoolStats{
 		Hits: p.hits.Load(), Misses: p.misses.Load(), Created: p.created.Load(),
 		Destroyed: p.destroyed.Load(), CreateErrors: p.createErrs.Load(), Ready: len(p.ready),
+		Target: int(p.target.Load()),
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"strings"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -147,3 +148,27 @@ func TestLimits(t *testing.T) {
 		t.Fatalf("negative memory: %v", err)
 	}
 }
+
+func TestPoolResize(t *testing.T) {
+	img := &fakeImage{}
+	p := NewPool(img, PoolOptions{Size: 0, MaxSize: 8})
+	defer p.Close()
+	if st := p.Stats(); st.Ready != 0 || st.Target != 0 {
+		t.Fatalf("scale to zero: %+v", st)
+	}
+	p.SetSize(5)
+	for p.Stats().Ready < 5 {
+		m, _, _ := p.Get() // Get nudges the filler; returning machines keeps the count moving
+		p.Release(m)
+	}
+	p.SetSize(100) // clamped to MaxSize
+	if st := p.Stats(); st.Target != 8 {
+		t.Fatalf("target %d, want 8", st.Target)
+	}
+	p.SetSize(1)
+	for p.Stats().Ready > 1 {
+		p.poke()
+		runtimeGosched()
+	}
+}
+func runtimeGosched() { runtime.Gosched() }

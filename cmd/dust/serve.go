@@ -1,0 +1,178 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/dust-run/dust/internal/gateway"
+	"github.com/dust-run/dust/internal/kvm"
+	"github.com/dust-run/dust/internal/machine"
+	"github.com/dust-run/dust/internal/store"
+)
+
+// defaultDataDir is $XDG_DATA_HOME/dust, or ~/.local/share/dust.
+func defaultDataDir() string {
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return filepath.Join(d, "dust")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".local", "share", "dust")
+	}
+	return "dust-data"
+}
+
+// allKinds lists the machine kinds this build can run, by name.
+func allKinds() map[string]machine.Kind {
+	ks := map[string]machine.Kind{}
+	for _, magic := range []string{"\x7fELF", "\x00asm"} {
+		if k, err := kindFor([]byte(magic)); err == nil {
+			ks[k.Name()] = k
+		}
+	}
+	return ks
+}
+
+func detectKind(b []byte) (string, error) {
+	k, err := kindFor(b)
+	if err != nil {
+		return "", err
+	}
+	return k.Name(), nil
+}
+
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func cmdServe(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("dust serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", "127.0.0.1:8080", "app `address`")
+	admin := fs.String("admin", "127.0.0.1:8081", "admin API `address`")
+	data := fs.String("data", defaultDataDir(), "data `directory` (store, images, admin token)")
+	demo := fs.Bool("demo", false, "deploy the examples found in -examples and print URLs to try")
+	examples := fs.String("examples", "examples", "examples `directory` for -demo (built by `make examples`)")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	maxLive := fs.Int("max-live", 256, "global cap on live machines")
+	floor := fs.Int("pool-floor", 1, "ready machines an idle app keeps (0: scale to zero)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	var h slog.Handler = slog.NewTextHandler(stderr, nil)
+	switch *logFormat {
+	case "json":
+		h = slog.NewJSONHandler(stderr, nil)
+	case "text":
+	default:
+		fmt.Fprintf(stderr, "dust serve: -log-format %q: want text or json\n", *logFormat)
+		return exitUsage
+	}
+	log := slog.New(h)
+	if !isLoopback(*admin) {
+		log.Warn("THE ADMIN API IS LISTENING BEYOND LOOPBACK: anyone who can reach " + *admin + " and holds the token can deploy code")
+	}
+	if err := os.MkdirAll(*data, 0o700); err != nil {
+		fmt.Fprintf(stderr, "dust serve: %v\n", err)
+		return exitError
+	}
+	srv, err := gateway.New(gateway.Config{
+		DataDir: *data, Kinds: allKinds(), Detect: detectKind, Logger: log,
+		MaxLive: *maxLive, PoolFloor: *floor,
+	})
+	if err != nil {
+		fmt.Fprintf(stderr, "dust serve: %v\n", err)
+		if errors.Is(err, store.ErrLocked) {
+			return exitUnavailable
+		}
+		return exitError
+	}
+	pub, adm := srv.HTTPServers(*listen, *admin)
+	lp, err := net.Listen("tcp", *listen)
+	if err != nil {
+		srv.Close()
+		fmt.Fprintf(stderr, "dust serve: %v\n", err)
+		return exitUnavailable
+	}
+	la, err := net.Listen("tcp", *admin)
+	if err != nil {
+		lp.Close()
+		srv.Close()
+		fmt.Fprintf(stderr, "dust serve: %v\n", err)
+		return exitUnavailable
+	}
+	if *demo {
+		deployDemo(srv, *examples, lp.Addr().String(), stdout, log)
+	}
+	fmt.Fprintf(stdout, "dust: serving apps on http://%s, admin API and status page on http://%s (token in %s)\n",
+		lp.Addr(), la.Addr(), filepath.Join(*data, gateway.TokenFile))
+	errc := make(chan error, 2)
+	go func() { errc <- pub.Serve(lp) }()
+	go func() { errc <- adm.Serve(la) }()
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	select {
+	case s := <-sig:
+		log.Info("shutting down", "signal", s.String())
+	case err := <-errc:
+		log.Error("server failed", "err", err)
+	}
+	signal.Stop(sig)
+	if err := srv.Shutdown(pub, adm); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Error("shutdown", "err", err)
+		return exitError
+	}
+	log.Info("stopped")
+	return exitOK
+}
+
+// deployDemo deploys the prebuilt examples: hvt ones where KVM works,
+// wasm ones always.
+func deployDemo(srv *gateway.Server, dir, addr string, stdout io.Writer, log *slog.Logger) {
+	kvmErr := kvm.Available()
+	type demoApp struct{ name, file, route string }
+	var apps []demoApp
+	for _, n := range []string{"hello", "echo", "sha256"} {
+		if kvmErr == nil {
+			apps = append(apps, demoApp{n, filepath.Join(dir, n, n+".elf"), "/" + n})
+		}
+		apps = append(apps, demoApp{n + "-wasm", filepath.Join(dir, n, n+".wasm"), "/wasm/" + n})
+	}
+	if kvmErr != nil {
+		log.Warn("KVM unavailable: deploying only the wasm examples", "err", kvmErr)
+	}
+	fmt.Fprintln(stdout, "dust: demo apps")
+	for _, a := range apps {
+		f, err := os.Open(a.file)
+		if err != nil {
+			log.Warn("demo app not built (run `make examples`)", "app", a.name, "file", a.file)
+			continue
+		}
+		_, err = srv.Deploy(a.name, f, store.Settings{Route: a.route})
+		f.Close()
+		if err != nil {
+			log.Error("demo deploy failed", "app", a.name, "err", err)
+			continue
+		}
+		fmt.Fprintf(stdout, "  %-12s curl -s http://%s%s/anything?x=1 -d 'hello'\n", a.name, addr, a.route)
+	}
+}

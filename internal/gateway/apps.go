@@ -1,0 +1,199 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dust-run/dust/internal/machine"
+	"github.com/dust-run/dust/internal/store"
+)
+
+// liveApp is one deployed app version, ready to serve: its prepared image,
+// its pool of never-used machines and its admission gate.
+type liveApp struct {
+	name    string
+	kind    string
+	version int
+	digest  string
+	set     store.Settings
+	img     machine.Image
+	pool    *machine.Pool
+	gate    *gate
+
+	inflight sync.WaitGroup // requests that matched this version
+	retired  atomic.Bool
+	closed   chan struct{}
+
+	// traffic for pool sizing: requests in the current 100 ms window and
+	// the peak window over the last few seconds.
+	window atomic.Int64
+	peak   []int64
+	pidx   int
+	last   atomic.Int64 // unix nanos of the last request
+
+	hist *histogram // request latency for the status page
+}
+
+// errPrepare wraps failures to turn a stored version into a live app.
+var errPrepare = errors.New("preparing app")
+
+func limitsOf(set store.Settings) machine.Limits {
+	return machine.Limits{Memory: set.Memory, Timeout: set.Timeout}
+}
+
+// appDefaults fills unset per-app settings.
+func appDefaults(set store.Settings) store.Settings {
+	if set.MaxConcurrency <= 0 {
+		set.MaxConcurrency = DefaultMaxConcurrency
+	}
+	if set.QueueLen < 0 {
+		set.QueueLen = 0
+	} else if set.QueueLen == 0 {
+		set.QueueLen = DefaultQueueLen
+	}
+	if set.QueueWait <= 0 {
+		set.QueueWait = DefaultQueueWait
+	}
+	if set.MaxBody <= 0 {
+		set.MaxBody = DefaultMaxBody
+	}
+	return set
+}
+
+// prepare loads an app's current image and prepares it.
+func (s *Server) prepare(a store.App) (*liveApp, error) {
+	v := a.Current
+	kind, ok := s.cfg.Kinds[v.Kind]
+	if !ok {
+		return nil, fmt.Errorf("%w %s: machine kind %q is not available here", errPrepare, a.Name, v.Kind)
+	}
+	img, err := s.store.ReadImage(v.Digest, s.cfg.MaxImageSize)
+	if err != nil {
+		return nil, fmt.Errorf("%w %s: %w", errPrepare, a.Name, err)
+	}
+	t0 := time.Now()
+	pi, err := kind.Prepare(img, limitsOf(v.Settings))
+	if err != nil {
+		return nil, fmt.Errorf("%w %s: %w", errPrepare, a.Name, err)
+	}
+	s.met.prepare.WithLabelValues(v.Kind).Observe(time.Since(t0).Seconds())
+	set := appDefaults(v.Settings)
+	la := &liveApp{
+		name: a.Name, kind: v.Kind, version: v.Number, digest: v.Digest, set: set, img: pi,
+		pool:   machine.NewPool(pi, machine.PoolOptions{Size: s.cfg.PoolFloor, MaxSize: s.cfg.PoolMax}),
+		gate:   newGate(set.MaxConcurrency, set.QueueLen),
+		closed: make(chan struct{}),
+		peak:   make([]int64, 50), // 50 windows of 100 ms: the last 5 seconds
+		hist:   newHistogram(),
+	}
+	return la, nil
+}
+
+// retire stops new requests from reaching la; wait destroys it once the
+// requests already inside have finished.
+func (a *liveApp) retire() { a.retired.Store(true) }
+
+func (a *liveApp) wait() {
+	a.inflight.Wait()
+	a.pool.Close()
+	a.img.Close()
+}
+
+// swap installs la as app name (nil removes it) and retires the previous
+// version in the background once its in-flight requests are done.
+func (s *Server) swap(name string, la *liveApp) {
+	s.mu.Lock()
+	old := s.apps[name]
+	if la == nil {
+		delete(s.apps, name)
+	} else {
+		s.apps[name] = la
+	}
+	s.rebuildRoutes()
+	s.mu.Unlock()
+	if old != nil {
+		old.retire()
+		go old.wait()
+	}
+}
+
+// sizePools resizes every app's pool from its recent traffic: enough ready
+// machines for the busiest 100 ms of the last five seconds, at least the
+// floor, at most PoolMax. An idle app shrinks to the floor (0: nothing
+// waits between requests).
+func (s *Server) sizePools() {
+	defer s.poolWG.Done()
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stopPool:
+			return
+		case <-t.C:
+		}
+		s.mu.RLock()
+		for _, a := range s.apps {
+			n := a.window.Swap(0)
+			a.peak[a.pidx] = n
+			a.pidx = (a.pidx + 1) % len(a.peak)
+			var p int64
+			for _, v := range a.peak {
+				p = max(p, v)
+			}
+			a.pool.SetSize(min(max(int(p), s.cfg.PoolFloor), s.cfg.PoolMax))
+			st := a.pool.Stats()
+			s.met.poolReady.WithLabelValues(a.name).Set(float64(st.Ready))
+		}
+		s.mu.RUnlock()
+	}
+}
+
+// gate admits at most n concurrent holders and lets at most queue more
+// wait; the rest are turned away at once.
+type gate struct {
+	slots   chan struct{}
+	waiting atomic.Int64
+	queue   int64
+}
+
+func newGate(n, queue int) *gate {
+	return &gate{slots: make(chan struct{}, n), queue: int64(queue)}
+}
+
+var (
+	errQueueFull    = errors.New("queue full")
+	errQueueTimeout = errors.New("waited too long in the queue")
+)
+
+// acquire takes a slot, waiting at most wait (and only if the queue has
+// room). The returned function releases it.
+func (g *gate) acquire(ctx context.Context, wait time.Duration) (func(), error) {
+	select {
+	case g.slots <- struct{}{}:
+		return g.release, nil
+	default:
+	}
+	if g.waiting.Add(1) > g.queue {
+		g.waiting.Add(-1)
+		return nil, errQueueFull
+	}
+	defer g.waiting.Add(-1)
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case g.slots <- struct{}{}:
+		return g.release, nil
+	case <-t.C:
+		return nil, errQueueTimeout
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (g *gate) release() { <-g.slots }
+
+func (g *gate) live() int { return len(g.slots) }

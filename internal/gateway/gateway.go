@@ -1,0 +1,327 @@
+// Package gateway is Dust's HTTP front: it maps routes to deployed apps and
+// serves every request on a brand-new machine of the app's kind, streaming
+// the CGI response back and destroying the machine afterwards. It also
+// serves the admin API (deploy, rollback, logs, metrics) on a separate
+// listener, guarded by a bearer token.
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dust-run/dust/internal/machine"
+	"github.com/dust-run/dust/internal/store"
+)
+
+// Config configures a Server. Zero values take the defaults below.
+type Config struct {
+	DataDir string
+	// Kinds maps a kind name ("hvt", "wasm") to its implementation; Detect
+	// names the kind of an image from its bytes.
+	Kinds  map[string]machine.Kind
+	Detect func(image []byte) (string, error)
+	Logger *slog.Logger
+
+	MaxLive        int           // global cap on live machines (default 256)
+	GlobalQueue    int           // requests waiting for a global slot (default 1024)
+	PoolFloor      int           // ready machines an idle app keeps (default 1; 0 = scale to zero)
+	PoolMax        int           // ready machines a busy app may keep (default 32)
+	MaxImageSize   int64         // largest image accepted by deploy (default 256 MiB)
+	MaxHeaderBytes int           // request header limit (default 64 KiB)
+	ShutdownGrace  time.Duration // in-flight requests get this long at shutdown (default 10s)
+}
+
+// App defaults, used when a deploy does not set them.
+const (
+	DefaultMaxConcurrency = 16
+	DefaultQueueLen       = 64
+	DefaultQueueWait      = 2 * time.Second
+	DefaultMaxBody        = 64 << 20
+)
+
+func (c *Config) defaults() {
+	if c.MaxLive <= 0 {
+		c.MaxLive = 256
+	}
+	if c.GlobalQueue <= 0 {
+		c.GlobalQueue = 1024
+	}
+	if c.PoolFloor < 0 {
+		c.PoolFloor = 0
+	}
+	if c.PoolMax <= 0 {
+		c.PoolMax = 32
+	}
+	if c.MaxImageSize <= 0 {
+		c.MaxImageSize = 256 << 20
+	}
+	if c.MaxHeaderBytes <= 0 {
+		c.MaxHeaderBytes = 64 << 10
+	}
+	if c.ShutdownGrace <= 0 {
+		c.ShutdownGrace = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+}
+
+// Server is a running gateway.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	store  *store.Store
+	token  string
+	global *gate
+	met    *metrics
+	logs   *logHub
+
+	mu     sync.RWMutex
+	apps   map[string]*liveApp
+	routes []*liveApp // sorted: longest route first, host-specific before any-host
+
+	deployMu sync.Mutex // one deploy/rollback/rm at a time
+	stopPool chan struct{}
+	poolWG   sync.WaitGroup
+
+	errMu  sync.Mutex
+	errors []recentError
+}
+
+type recentError struct {
+	Time      time.Time `json:"time"`
+	App       string    `json:"app"`
+	RequestID string    `json:"request_id"`
+	Status    int       `json:"status"`
+	Reason    string    `json:"reason"`
+}
+
+// New opens the store under cfg.DataDir, loads the admin token (creating it
+// on first start) and prepares every deployed app.
+func New(cfg Config) (*Server, error) {
+	cfg.defaults()
+	if cfg.DataDir == "" {
+		return nil, errors.New("gateway: no data directory")
+	}
+	st, err := store.Open(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	tok, err := loadToken(cfg.DataDir)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	s := &Server{
+		cfg: cfg, log: cfg.Logger, store: st, token: tok,
+		global:   newGate(cfg.MaxLive, cfg.GlobalQueue),
+		met:      newMetrics(),
+		logs:     newLogHub(),
+		apps:     map[string]*liveApp{},
+		stopPool: make(chan struct{}),
+	}
+	apps, err := st.List()
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	for _, a := range apps {
+		la, err := s.prepare(a)
+		if err != nil {
+			// One broken app must not keep the others down.
+			s.log.Error("app not loaded", "app", a.Name, "version", a.Current.Number, "err", err)
+			continue
+		}
+		s.apps[a.Name] = la
+	}
+	s.rebuildRoutes()
+	s.poolWG.Add(1)
+	go s.sizePools()
+	return s, nil
+}
+
+// Token is the admin bearer token.
+func (s *Server) Token() string { return s.token }
+
+// Store is the server's app store.
+func (s *Server) Store() *store.Store { return s.store }
+
+// TokenFile is where the admin token lives inside the data directory.
+const TokenFile = "admin.token"
+
+// loadToken reads the admin token, creating a random one (mode 0600) on
+// first start.
+func loadToken(dir string) (string, error) {
+	p := filepath.Join(dir, TokenFile)
+	b, err := os.ReadFile(p)
+	if err == nil {
+		t := strings.TrimSpace(string(b))
+		if len(t) < 32 {
+			return "", fmt.Errorf("gateway: %s holds a token shorter than 32 characters", p)
+		}
+		if st, err := os.Stat(p); err == nil && st.Mode().Perm()&0o077 != 0 {
+			return "", fmt.Errorf("gateway: %s is readable by others (mode %v); chmod 600 it", p, st.Mode().Perm())
+		}
+		return t, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	raw := make([]byte, 32)
+	rand.Read(raw)
+	t := hex.EncodeToString(raw)
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", err
+	}
+	if _, err := f.WriteString(t + "\n"); err != nil {
+		f.Close()
+		return "", err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return "", err
+	}
+	return t, f.Close()
+}
+
+// checkToken compares in constant time.
+func (s *Server) checkToken(r *http.Request) bool {
+	h := r.Header.Get("Authorization")
+	t, ok := strings.CutPrefix(h, "Bearer ")
+	if !ok {
+		return false
+	}
+	return subtle.ConstantTimeCompare([]byte(t), []byte(s.token)) == 1
+}
+
+// rebuildRoutes sorts the route table: longest prefix first, and for equal
+// prefixes a host-specific app before an any-host one.
+func (s *Server) rebuildRoutes() {
+	rs := make([]*liveApp, 0, len(s.apps))
+	for _, a := range s.apps {
+		rs = append(rs, a)
+	}
+	sort.Slice(rs, func(i, j int) bool {
+		a, b := rs[i].set.Route, rs[j].set.Route
+		if len(a) != len(b) {
+			return len(a) > len(b)
+		}
+		if (rs[i].set.Host == "") != (rs[j].set.Host == "") {
+			return rs[i].set.Host != ""
+		}
+		return rs[i].name < rs[j].name
+	})
+	s.routes = rs
+}
+
+// match finds the app for host and path: the longest route that is a whole
+// path-segment prefix of path, host-specific apps first.
+func (s *Server) match(host, path string) *liveApp {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.ToLower(host)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, a := range s.routes {
+		if a.set.Host != "" && a.set.Host != host {
+			continue
+		}
+		if routeMatches(a.set.Route, path) {
+			a.inflight.Add(1) // under the read lock: a swap waits for us
+			return a
+		}
+	}
+	return nil
+}
+
+func routeMatches(route, path string) bool {
+	if route == "/" {
+		return true
+	}
+	if !strings.HasPrefix(path, route) {
+		return false
+	}
+	return len(path) == len(route) || path[len(route)] == '/'
+}
+
+// Handler is the public (app) handler.
+func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serveApp) }
+
+// AdminHandler is the admin API, status page and metrics.
+func (s *Server) AdminHandler() http.Handler { return s.adminMux() }
+
+// HTTPServers builds the two http.Servers with the timeouts that keep slow
+// clients from holding connections.
+func (s *Server) HTTPServers(listen, admin string) (*http.Server, *http.Server) {
+	mk := func(addr string, h http.Handler, write time.Duration) *http.Server {
+		return &http.Server{
+			Addr: addr, Handler: h,
+			ReadHeaderTimeout: 5 * time.Second,
+			IdleTimeout:       60 * time.Second,
+			MaxHeaderBytes:    s.cfg.MaxHeaderBytes,
+			WriteTimeout:      write,
+			ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		}
+	}
+	// No WriteTimeout on the app listener: responses stream for as long as
+	// the app's own deadline allows.
+	return mk(listen, s.Handler(), 0), mk(admin, s.AdminHandler(), 0)
+}
+
+// Close destroys every machine and closes the store. Call it after the
+// HTTP servers have shut down.
+func (s *Server) Close() error {
+	close(s.stopPool)
+	s.poolWG.Wait()
+	s.mu.Lock()
+	apps := s.apps
+	s.apps = map[string]*liveApp{}
+	s.routes = nil
+	s.mu.Unlock()
+	for _, a := range apps {
+		a.retire()
+	}
+	for _, a := range apps {
+		a.wait()
+	}
+	return s.store.Close()
+}
+
+// Shutdown stops http servers gracefully within the grace period, then
+// closes the gateway.
+func (s *Server) Shutdown(servers ...*http.Server) error {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownGrace)
+	defer cancel()
+	var errs []error
+	for _, hs := range servers {
+		if err := hs.Shutdown(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	errs = append(errs, s.Close())
+	return errors.Join(errs...)
+}
+
+func (s *Server) noteError(e recentError) {
+	s.errMu.Lock()
+	defer s.errMu.Unlock()
+	s.errors = append(s.errors, e)
+	if len(s.errors) > 50 {
+		s.errors = s.errors[len(s.errors)-50:]
+	}
+}
