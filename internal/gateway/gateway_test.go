@@ -1,0 +1,338 @@
+package gateway
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dust-run/dust/internal/hvt"
+	"github.com/dust-run/dust/internal/kvm/kvmtest"
+	"github.com/dust-run/dust/internal/machine"
+	"github.com/dust-run/dust/internal/store"
+)
+
+var (
+	elfMu    sync.Mutex
+	elfCache = map[string][]byte{}
+)
+
+// guest compiles C source against libdust (cached by source).
+func guest(t *testing.T, src string) []byte {
+	t.Helper()
+	elfMu.Lock()
+	defer elfMu.Unlock()
+	if b, ok := elfCache[src]; ok {
+		return b
+	}
+	dir := t.TempDir()
+	c := filepath.Join(dir, "app.c")
+	os.WriteFile(c, []byte(src), 0o644)
+	out := filepath.Join(dir, "app.elf")
+	if msg, err := exec.Command("../../guest/dustcc", "-o", out, c).CombinedOutput(); err != nil {
+		t.Fatalf("dustcc: %v\n%s", err, msg)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	elfCache[src] = b
+	return b
+}
+
+func example(t *testing.T, name string) []byte {
+	src, err := os.ReadFile(filepath.Join("../../examples", name, name+".c"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return guest(t, string(src))
+}
+
+type testServer struct {
+	*Server
+	url, admin string
+	pub, adm   *http.Server
+}
+
+func detect(b []byte) (string, error) {
+	if bytes.HasPrefix(b, []byte("\x7fELF")) {
+		return "hvt", nil
+	}
+	return "", fmt.Errorf("%w: not an ELF", machine.ErrBadImage)
+}
+
+// start runs a gateway on loopback ports with its data in dir.
+func start(t *testing.T, dir string) *testServer {
+	t.Helper()
+	kvmtest.Require(t)
+	s, err := New(Config{DataDir: dir, Kinds: map[string]machine.Kind{"hvt": hvt.Kind{}}, Detect: detect,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), ShutdownGrace: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, adm := s.HTTPServers("", "")
+	lp, _ := net.Listen("tcp", "127.0.0.1:0")
+	la, _ := net.Listen("tcp", "127.0.0.1:0")
+	go pub.Serve(lp)
+	go adm.Serve(la)
+	ts := &testServer{Server: s, url: "http://" + lp.Addr().String(), admin: "http://" + la.Addr().String(), pub: pub, adm: adm}
+	t.Cleanup(func() { ts.stop() })
+	return ts
+}
+
+func (ts *testServer) stop() {
+	if ts.pub != nil {
+		ts.Shutdown(ts.pub, ts.adm)
+		ts.pub = nil
+	}
+}
+
+func (ts *testServer) deploy(t *testing.T, name string, img []byte, set store.Settings) store.App {
+	t.Helper()
+	a, err := ts.Deploy(name, bytes.NewReader(img), set)
+	if err != nil {
+		t.Fatalf("deploy %s: %v", name, err)
+	}
+	return a
+}
+
+func get(t *testing.T, method, url string, body io.Reader, hdr ...string) (*http.Response, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, body)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
+func TestServeAndStatusMapping(t *testing.T) {
+	ts := start(t, t.TempDir())
+	ts.deploy(t, "hello", example(t, "hello"), store.Settings{Route: "/hello"})
+	ts.deploy(t, "echo", example(t, "echo"), store.Settings{Route: "/echo", MaxBody: 16 << 20})
+	ts.deploy(t, "loop", example(t, "loop"), store.Settings{Route: "/loop", Timeout: 100 * time.Millisecond})
+	ts.deploy(t, "crash", example(t, "crash"), store.Settings{Route: "/crash"})
+	ts.deploy(t, "small", example(t, "echo"), store.Settings{Route: "/small", MaxBody: 10})
+	ts.deploy(t, "nocgi", guest(t, "#include <stdio.h>\nint main(void){puts(\"plain text\");return 0;}\n"), store.Settings{Route: "/nocgi"})
+	ts.deploy(t, "cookies", guest(t, `#include <stdio.h>
+int main(void){printf("Status: 201 Created\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Type: text/plain\r\n\r\nmade\n");return 0;}
+`), store.Settings{Route: "/cookies"})
+
+	resp, body := get(t, "GET", ts.url+"/hello", nil, "X-Request-Id", "my-id.1")
+	if resp.StatusCode != 200 || body != "Hello, world!\n" || resp.Header.Get("X-Request-Id") != "my-id.1" {
+		t.Fatalf("hello: %d %q id=%q", resp.StatusCode, body, resp.Header.Get("X-Request-Id"))
+	}
+	resp, _ = get(t, "GET", ts.url+"/hello", nil, "X-Request-Id", "<script>")
+	if id := resp.Header.Get("X-Request-Id"); id == "<script>" || len(id) != 24 {
+		t.Errorf("unsafe request id passed through: %q", id)
+	}
+	// Whole path segments only: /hellothere is not /hello.
+	if resp, _ := get(t, "GET", ts.url+"/hellothere", nil); resp.StatusCode != 404 {
+		t.Errorf("/hellothere: %d", resp.StatusCode)
+	}
+	resp, body = get(t, "POST", ts.url+"/echo/a/b?q=1", strings.NewReader("payload"), "X-Thing", "v")
+	if resp.StatusCode != 200 || !strings.Contains(body, "path=/a/b\n") || !strings.Contains(body, "header HTTP_X_THING=v") || !strings.HasSuffix(body, "body:\npayload") {
+		t.Errorf("echo: %d %q", resp.StatusCode, body)
+	}
+	resp, body = get(t, "GET", ts.url+"/cookies", nil)
+	if resp.StatusCode != 201 || len(resp.Header.Values("Set-Cookie")) != 2 || body != "made\n" {
+		t.Errorf("cookies: %d %v %q", resp.StatusCode, resp.Header.Values("Set-Cookie"), body)
+	}
+	resp, body = get(t, "HEAD", ts.url+"/hello", nil)
+	if resp.StatusCode != 200 || body != "" {
+		t.Errorf("HEAD: %d %q", resp.StatusCode, body)
+	}
+	cases := []struct {
+		path   string
+		body   string
+		status int
+	}{
+		{"/nothing", "", 404},
+		{"/loop", "", 504},
+		{"/crash", "", 502},
+		{"/nocgi", "", 502},
+		{"/small", "this body is longer than ten bytes", 413},
+	}
+	for _, c := range cases {
+		var rb io.Reader
+		if c.body != "" {
+			rb = strings.NewReader(c.body)
+		}
+		resp, body := get(t, "POST", ts.url+c.path, rb)
+		if resp.StatusCode != c.status {
+			t.Errorf("%s: status %d, want %d (%q)", c.path, resp.StatusCode, c.status, body)
+		}
+		if id := resp.Header.Get("X-Request-Id"); id == "" || !strings.Contains(body, id) {
+			t.Errorf("%s: body %q does not carry request id %q", c.path, body, id)
+		}
+	}
+	// Headers beyond the limit: 431 from the HTTP server itself.
+	resp, _ = get(t, "GET", ts.url+"/hello", nil, "X-Big", strings.Repeat("x", 80<<10))
+	if resp.StatusCode != 431 {
+		t.Errorf("huge header: %d", resp.StatusCode)
+	}
+	// 8 MiB streamed through echo and back.
+	big := make([]byte, 8<<20)
+	rand.Read(big)
+	resp, body = get(t, "PUT", ts.url+"/echo", bytes.NewReader(big))
+	if resp.StatusCode != 200 || !strings.HasSuffix(body, "body:\n"+string(big)) {
+		t.Errorf("8 MiB echo: %d, %d bytes", resp.StatusCode, len(body))
+	}
+}
+
+func TestQueueFullGives503(t *testing.T) {
+	ts := start(t, t.TempDir())
+	ts.deploy(t, "loop", example(t, "loop"), store.Settings{Route: "/loop", Timeout: 700 * time.Millisecond, MaxConcurrency: 1, QueueLen: -1})
+	done := make(chan int)
+	go func() {
+		resp, _ := get(t, "GET", ts.url+"/loop", nil)
+		done <- resp.StatusCode
+	}()
+	// Wait until the first request holds the only slot.
+	for {
+		ts.mu.RLock()
+		live := ts.apps["loop"].gate.live()
+		ts.mu.RUnlock()
+		if live == 1 {
+			break
+		}
+		runtimeGosched()
+	}
+	resp, body := get(t, "GET", ts.url+"/loop", nil)
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("second request: %d %q retry-after=%q", resp.StatusCode, body, resp.Header.Get("Retry-After"))
+	}
+	if code := <-done; code != 504 {
+		t.Errorf("first request: %d", code)
+	}
+}
+
+func TestRedeployUnderLoadRollbackRestart(t *testing.T) {
+	dir := t.TempDir()
+	ts := start(t, dir)
+	v1 := guest(t, "#include <stdio.h>\nint main(void){printf(\"Content-Type: text/plain\\n\\nv1\\n\");return 0;}\n")
+	v2 := guest(t, "#include <stdio.h>\nint main(void){printf(\"Content-Type: text/plain\\n\\nv2\\n\");return 0;}\n")
+	ts.deploy(t, "app", v1, store.Settings{Route: "/app"})
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	seen := map[string]int{}
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				resp, body := get(t, "GET", ts.url+"/app", nil)
+				mu.Lock()
+				seen[fmt.Sprintf("%d %s", resp.StatusCode, strings.TrimSpace(body))]++
+				mu.Unlock()
+			}
+		}()
+	}
+	for i := 0; i < 3; i++ {
+		ts.deploy(t, "app", v2, store.Settings{Route: "/app"})
+		ts.deploy(t, "app", v1, store.Settings{Route: "/app"})
+	}
+	ts.deploy(t, "app", v2, store.Settings{Route: "/app"})
+	close(stop)
+	wg.Wait()
+	for k, n := range seen {
+		if k != "200 v1" && k != "200 v2" {
+			t.Errorf("%d responses %q during redeploys", n, k)
+		}
+	}
+	if _, body := get(t, "GET", ts.url+"/app", nil); body != "v2\n" {
+		t.Fatalf("after redeploy: %q", body)
+	}
+	a, err := ts.Rollback("app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, body := get(t, "GET", ts.url+"/app", nil); body != "v1\n" || a.Current.Number != 7 {
+		t.Fatalf("after rollback: %q, version %d", body, a.Current.Number)
+	}
+	// A broken image is refused and the current version keeps serving.
+	if _, err := ts.Deploy("app", strings.NewReader("\x7fELF garbage"), store.Settings{Route: "/app"}); !errors.Is(err, machine.ErrBadImage) {
+		t.Fatalf("bad image deploy: %v", err)
+	}
+	if _, body := get(t, "GET", ts.url+"/app", nil); body != "v1\n" {
+		t.Fatalf("after failed deploy: %q", body)
+	}
+	// Restart: the app is still there, at the rolled-back version.
+	ts.stop()
+	ts2 := start(t, dir)
+	if _, body := get(t, "GET", ts2.url+"/app", nil); body != "v1\n" {
+		t.Fatalf("after restart: %q", body)
+	}
+}
+
+func TestAdminAuthAndLogs(t *testing.T) {
+	dir := t.TempDir()
+	ts := start(t, dir)
+	st, err := os.Stat(filepath.Join(dir, TokenFile))
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("token file: %v %v", err, st.Mode())
+	}
+	for _, tok := range []string{"", "Bearer wrong", "Bearer " + ts.Token() + "x", ts.Token()} {
+		resp, _ := get(t, "GET", ts.admin+"/v1/apps", nil, "Authorization", tok)
+		if resp.StatusCode != 401 {
+			t.Errorf("token %q: %d", tok, resp.StatusCode)
+		}
+	}
+	auth := []string{"Authorization", "Bearer " + ts.Token()}
+	resp, _ := get(t, "PUT", ts.admin+"/v1/apps/talker?route=/talk", bytes.NewReader(guest(t, `#include <stdio.h>
+int main(void){fprintf(stderr, "a line for the log\n"); printf("Content-Type: text/plain\n\nok\n"); return 0;}
+`)), auth...)
+	if resp.StatusCode != 200 {
+		t.Fatalf("deploy through the API: %d", resp.StatusCode)
+	}
+	resp, _ = get(t, "GET", ts.url+"/talk", nil, "X-Request-Id", "req-42")
+	if resp.StatusCode != 200 {
+		t.Fatal(resp.StatusCode)
+	}
+	_, logs := get(t, "GET", ts.admin+"/v1/apps/talker/logs", nil, auth...)
+	if !strings.Contains(logs, "req-42 a line for the log") {
+		t.Errorf("logs: %q", logs)
+	}
+	for path, want := range map[string]int{"/v1/apps/nope": 404, "/v1/apps/talker": 200, "/metrics": 200, "/v1/status": 200} {
+		if resp, _ := get(t, "GET", ts.admin+path, nil, auth...); resp.StatusCode != want {
+			t.Errorf("%s: %d, want %d", path, resp.StatusCode, want)
+		}
+	}
+	resp, _ = get(t, "PUT", ts.admin+"/v1/apps/bad?route=/x&timeout=soon", strings.NewReader("x"), auth...)
+	if resp.StatusCode != 400 {
+		t.Errorf("bad setting: %d", resp.StatusCode)
+	}
+	resp, _ = get(t, "PUT", ts.admin+"/v1/apps/bad?route=/x", strings.NewReader("not an image"), auth...)
+	if resp.StatusCode != 422 {
+		t.Errorf("bad image: %d", resp.StatusCode)
+	}
+	if resp, body := get(t, "GET", ts.admin+"/", nil); resp.StatusCode != 200 || !strings.Contains(body, "textContent") {
+		t.Errorf("status page: %d", resp.StatusCode)
+	}
+}
+
+func runtimeGosched() { runtime.Gosched() }
