@@ -1,5 +1,5 @@
-# Dust. `make demo` builds everything and serves one request through a fresh
-# machine per example; `make test` runs the whole test suite.
+# Dust. `make demo` builds everything and runs the gateway with the examples
+# deployed; `make test` runs the whole test suite.
 
 GO      ?= go
 BIN     := bin/dust
@@ -16,14 +16,11 @@ build:
 examples:
 	$(MAKE) -s -C guest lib examples
 
-# The local dev loop on the examples (the HTTP gateway comes with issue 4).
+# The gateway with the examples deployed, on the embedded store in
+# DEMO_DATA (Ctrl-C stops it cleanly).
+DEMO_DATA ?= $(HOME)/.local/share/dust
 demo: build examples
-	@for app in hello echo sha256; do \
-		echo "== dust run examples/$$app/$$app.elf"; \
-		./$(BIN) run -v -X POST --path "/$$app/demo?x=1" -H 'X-Demo: yes' \
-			--data 'hello from the dust cloud' examples/$$app/$$app.elf || exit $$?; \
-		echo; \
-	done
+	./$(BIN) serve --demo --data $(DEMO_DATA)
 
 lint:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
