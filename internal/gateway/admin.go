@@ -151,6 +151,7 @@ func settingsFromQuery(q map[string][]string) (store.Settings, error) {
 		}
 		set.PassAuthorization = b
 	}
+	set = set.Normalize()
 	return set, set.Validate()
 }
 
@@ -175,6 +176,7 @@ func (s *Server) Deploy(name string, image io.Reader, set store.Settings) (store
 	if err := store.ValidateName(name); err != nil {
 		return store.App{}, err
 	}
+	set = set.Normalize()
 	if err := set.Validate(); err != nil {
 		return store.App{}, err
 	}
@@ -248,16 +250,11 @@ func (s *Server) Rollback(name string) (store.App, error) {
 	if err != nil {
 		return store.App{}, err
 	}
-	var prev *store.Version
-	for i := range cur.History {
-		if cur.History[i].Number < cur.Current.Number {
-			prev = &cur.History[i]
-		}
+	prev, err := cur.RollbackTarget()
+	if err != nil {
+		return store.App{}, err
 	}
-	if prev == nil {
-		return store.App{}, fmt.Errorf("%w: app %s has no version before %d", store.ErrInvalid, name, cur.Current.Number)
-	}
-	la, err := s.prepare(store.App{Name: name, Current: *prev})
+	la, err := s.prepare(store.App{Name: name, Current: prev})
 	if err != nil {
 		return store.App{}, err
 	}
