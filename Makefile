@@ -5,7 +5,7 @@ GO      ?= go
 BIN     := bin/dust
 FUZZTIME ?= 60s
 
-.PHONY: all build examples demo test test-go test-guest lint fuzz fuzz-seed bench clean
+.PHONY: all build examples wasm-examples demo test test-go test-guest lint fuzz fuzz-seed bench clean
 
 all: build examples
 
@@ -16,10 +16,17 @@ build:
 examples:
 	$(MAKE) -s -C guest lib examples
 
+# The examples as WASI preview 1 modules (examples/NAME/NAME.wasm) for the
+# wasm kind: clang + wasi-libc for C, GOOS=wasip1 for Go.
+wasm-examples:
+	$(MAKE) -s -f examples/wasm.mk GO=$(GO)
+
 # The gateway with the examples deployed, on the embedded store in
 # DEMO_DATA (Ctrl-C stops it cleanly).
 DEMO_DATA ?= $(HOME)/.local/share/dust
 demo: build examples
+	@$(MAKE) -s -k -f examples/wasm.mk GO=$(GO) 2>/dev/null || \
+		echo "note: some wasm examples not built (C ones need: apt-get install clang lld wasi-libc libclang-rt-14-dev-wasm32)"
 	./$(BIN) serve --demo --data $(DEMO_DATA)
 
 lint:
@@ -46,7 +53,7 @@ fuzz:
 	done
 
 bench: examples
-	$(GO) test -run='^$$' -bench=. -benchtime=2000x -count=1 ./internal/hvt/ ./internal/cgi/
+	$(GO) test -run='^$$' -bench=. -benchtime=2000x -count=1 ./internal/hvt/ ./internal/wasm/ ./internal/cgi/
 
 clean:
 	rm -rf bin

@@ -117,3 +117,34 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+// goWasm builds a Go program for WASI preview 1 (no C toolchain needed).
+func goWasm(t *testing.T, pkg string) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), filepath.Base(pkg)+".wasm")
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, msg)
+	}
+	return out
+}
+
+// A .wasm image runs exactly like an .elf one, the kind told by its magic.
+func TestRunWasm(t *testing.T) {
+	t.Setenv("DUST_WASM_CACHE", t.TempDir())
+	code, out, errOut := dustRun("-X", "post", "--path", "/p/q?a=1", "-H", "X-Foo: bar", "--data", "wasm body", goWasm(t, "../../examples/go-echo"))
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{"HTTP/1.1 200 OK\r\n", "method=POST", "path=/p/q", "query=a=1", "content_length=9", "header HTTP_X_FOO=bar", "body:\nwasm body"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	bad := filepath.Join(t.TempDir(), "bad.wasm")
+	os.WriteFile(bad, []byte("\x00asm\x0d\x00\x01\x00"), 0o644)
+	if code, _, errOut := dustRun(bad); code != exitBadImage || !strings.Contains(errOut, "WASI preview 2") {
+		t.Errorf("component: exit %d, %s", code, errOut)
+	}
+}

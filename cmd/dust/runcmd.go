@@ -18,6 +18,7 @@ import (
 	"github.com/dust-run/dust/internal/cgi"
 	"github.com/dust-run/dust/internal/hvt"
 	"github.com/dust-run/dust/internal/machine"
+	"github.com/dust-run/dust/internal/wasm"
 )
 
 // listFlag collects a repeatable string flag.
@@ -68,7 +69,7 @@ func kindFor(image []byte) (machine.Kind, error) {
 	case len(image) >= 4 && string(image[:4]) == "\x7fELF":
 		return hvt.Kind{}, nil
 	case len(image) >= 4 && string(image[:4]) == "\x00asm":
-		return nil, fmt.Errorf("%w: WebAssembly images are not supported by this build yet", machine.ErrBadImage)
+		return wasm.Kind{}, nil
 	}
 	return nil, fmt.Errorf("%w: neither an ELF (hvt) nor a WebAssembly image (magic %q)", machine.ErrBadImage, image[:min(4, len(image))])
 }

@@ -157,6 +157,7 @@ func deployDemo(srv *gateway.Server, dir, addr string, stdout io.Writer, log *sl
 		}
 		apps = append(apps, demoApp{n + "-wasm", filepath.Join(dir, n, n+".wasm"), "/wasm/" + n})
 	}
+	apps = append(apps, demoApp{"go-hello", filepath.Join(dir, "go-hello", "go-hello.wasm"), "/wasm/go-hello"})
 	if kvmErr != nil {
 		log.Warn("KVM unavailable: deploying only the wasm examples", "err", kvmErr)
 	}

@@ -3,6 +3,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Each block escapes through here, so that a compiler that knows malloc
+ * (clang does) cannot drop the allocations as unused. */
+static char *volatile last;
+
 int main(void)
 {
 	printf("Content-Type: text/plain\r\n\r\n");
@@ -13,5 +17,6 @@ int main(void)
 			return 1;
 		}
 		memset(p, (int)i, 1 << 20);
+		last = p;
 	}
 }

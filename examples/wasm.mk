@@ -1,0 +1,34 @@
+# The examples as WebAssembly (WASI preview 1) modules for the wasm machine
+# kind: the C ones with Debian's clang and wasi-libc (apt: clang lld
+# wasi-libc libclang-rt-14-dev-wasm32), the Go ones with GOOS=wasip1.
+#
+#   make -f examples/wasm.mk            builds examples/NAME/NAME.wasm
+#   make -f examples/wasm.mk OUT=DIR    builds DIR/NAME/NAME.wasm instead
+#
+# Only the C examples that are plain C build: the ones using libdust's
+# hypercalls or x86 instructions (badptr, secret, illegal) are hvt-only, and crash
+# is not a fault in wasm (address 0x10 is ordinary linear memory).
+
+EXDIR    := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
+ROOT     := $(abspath $(EXDIR)/..)
+OUT      ?= $(EXDIR)
+GO       ?= go
+WASM_CC  ?= clang
+# No -g: names from the name section are enough for trap reports.
+WASM_CFLAGS ?= --target=wasm32-wasi -O2 -Wall -Wextra
+
+C_EXAMPLES  := hello echo sha256 exitcode loop oom flood logflood trap counter
+GO_EXAMPLES := go-hello go-echo
+ALL := $(foreach n,$(C_EXAMPLES) $(GO_EXAMPLES),$(OUT)/$(n)/$(n).wasm)
+
+.PHONY: all clean
+all: $(ALL)
+
+$(foreach n,$(C_EXAMPLES),$(eval $(OUT)/$(n)/$(n).wasm: $(EXDIR)/$(n)/$(n).c ; @mkdir -p $$(@D) && $$(WASM_CC) $$(WASM_CFLAGS) -o $$@ $$<))
+
+# go build decides itself what is out of date.
+.PHONY: $(foreach n,$(GO_EXAMPLES),$(OUT)/$(n)/$(n).wasm)
+$(foreach n,$(GO_EXAMPLES),$(eval $(OUT)/$(n)/$(n).wasm: ; @mkdir -p $$(@D) && cd $(ROOT) && GOOS=wasip1 GOARCH=wasm $$(GO) build -trimpath -o $$@ ./examples/$(n)))
+
+clean:
+	rm -f $(ALL)

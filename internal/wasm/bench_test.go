@@ -1,0 +1,87 @@
+package wasm
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/dust-run/dust/internal/machine"
+)
+
+// Benchmarks report medians and tails as custom metrics (p50-µs, p99-µs),
+// as internal/hvt's do: these machines are shared and noisy, so compare
+// figures from one run.
+
+type latencies []time.Duration
+
+func (l latencies) report(b *testing.B) {
+	if len(l) == 0 {
+		return
+	}
+	slices.Sort(l)
+	q := func(p float64) float64 { return float64(l[int(p*float64(len(l)-1))].Nanoseconds()) / 1e3 }
+	b.ReportMetric(q(0.50), "p50-µs")
+	b.ReportMetric(q(0.99), "p99-µs")
+}
+
+var helloEnv = []string{"GATEWAY_INTERFACE=CGI/1.1", "REQUEST_METHOD=GET", "SCRIPT_NAME=/hello", "PATH_INFO=", "QUERY_STRING=", "SERVER_PROTOCOL=HTTP/1.1", "SERVER_NAME=localhost", "SERVER_PORT=8080", "REMOTE_ADDR=127.0.0.1", "HTTP_HOST=localhost:8080", "HTTP_USER_AGENT=bench"}
+
+// BenchmarkHello is one request per iteration, instantiation and closing
+// of the instance included: NewMachine, Run, Close.
+func BenchmarkHello(b *testing.B) {
+	for _, name := range []string{"hello", "go-hello"} {
+		b.Run(name, func(b *testing.B) {
+			im := prepare(b, name, machine.Limits{})
+			var out bytes.Buffer
+			lat := make(latencies, 0, b.N)
+			req := &machine.Request{Args: []string{"/hello"}, Env: helloEnv}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				out.Reset()
+				t0 := time.Now()
+				m, err := im.NewMachine()
+				if err != nil {
+					b.Fatal(err)
+				}
+				res := m.Run(context.Background(), req, &out, io.Discard)
+				m.Close()
+				lat = append(lat, time.Since(t0))
+				if res.Outcome != machine.Served || !bytes.HasSuffix(out.Bytes(), []byte("Hello, world!\n")) {
+					b.Fatalf("%v %q", res.Err(), out.Bytes())
+				}
+			}
+			b.StopTimer()
+			lat.report(b)
+		})
+	}
+}
+
+// BenchmarkSustained is fresh instances per second from as many
+// goroutines as GOMAXPROCS.
+func BenchmarkSustained(b *testing.B) {
+	im := prepare(b, "hello", machine.Limits{})
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		var out bytes.Buffer
+		for pb.Next() {
+			out.Reset()
+			m, err := im.NewMachine()
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			res := m.Run(context.Background(), &machine.Request{Env: helloEnv}, &out, io.Discard)
+			m.Close()
+			if res.Outcome != machine.Served {
+				b.Error(res.Err())
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "machines/s")
+}
