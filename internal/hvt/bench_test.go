@@ -17,25 +17,16 @@ import (
 	"time"
 
 	"github.com/dust-run/dust/internal/machine"
+	"github.com/dust-run/dust/internal/machine/machinetest"
 )
 
 // Benchmarks report medians and tails as custom metrics (p50-µs, p99-µs)
 // because these machines are shared and noisy: compare figures from one
 // run, not across runs. Run them with `make bench`.
 
-type latencies []time.Duration
+type latencies = machinetest.Latencies
 
-func (l latencies) report(b *testing.B) {
-	if len(l) == 0 {
-		return
-	}
-	slices.Sort(l)
-	q := func(p float64) float64 { return float64(l[int(p*float64(len(l)-1))].Nanoseconds()) / 1e3 }
-	b.ReportMetric(q(0.50), "p50-µs")
-	b.ReportMetric(q(0.99), "p99-µs")
-}
-
-var helloEnv = []string{"GATEWAY_INTERFACE=CGI/1.1", "REQUEST_METHOD=GET", "SCRIPT_NAME=/hello", "PATH_INFO=", "QUERY_STRING=", "SERVER_PROTOCOL=HTTP/1.1", "SERVER_NAME=localhost", "SERVER_PORT=8080", "REMOTE_ADDR=127.0.0.1", "HTTP_HOST=localhost:8080", "HTTP_USER_AGENT=bench"}
+var helloEnv = machinetest.HelloEnv
 
 // BenchmarkHello is one request through a fresh machine, three ways, plus
 // the process-per-request baseline, measured in the same run.
@@ -66,7 +57,7 @@ func BenchmarkHello(b *testing.B) {
 			check(b, res, out.Bytes())
 		}
 		b.StopTimer()
-		lat.report(b)
+		lat.Report(b)
 		st := pool.Stats()
 		b.ReportMetric(float64(st.Hits)/float64(st.Hits+st.Misses)*100, "pool-hit-%")
 	})
@@ -94,7 +85,7 @@ func BenchmarkHello(b *testing.B) {
 			check(b, res, out.Bytes())
 		}
 		b.StopTimer()
-		lat.report(b)
+		lat.Report(b)
 		st := pool.Stats()
 		b.ReportMetric(float64(st.Hits)/float64(st.Hits+st.Misses)*100, "pool-hit-%")
 	})
@@ -114,7 +105,7 @@ func BenchmarkHello(b *testing.B) {
 			lat = append(lat, time.Since(t0))
 			check(b, res, out.Bytes())
 		}
-		lat.report(b)
+		lat.Report(b)
 	})
 	b.Run("posix-spawn", func(b *testing.B) {
 		// The same C program, linked statically against glibc, started
@@ -145,7 +136,7 @@ func BenchmarkHello(b *testing.B) {
 				b.Fatalf("spawned hello: %q status %d", buf[:n], ws.ExitStatus())
 			}
 		}
-		lat.report(b)
+		lat.Report(b)
 	})
 }
 
@@ -299,8 +290,7 @@ func BenchmarkBreakdown(b *testing.B) {
 	for _, k := range order {
 		l := latencies(phases[k])
 		slices.Sort(l)
-		p50 := float64(l[len(l)/2].Nanoseconds()) / 1e3
-		p99 := float64(l[int(0.99*float64(len(l)-1))].Nanoseconds()) / 1e3
+		p50, p99 := l.Quantile(0.5), l.Quantile(0.99)
 		fmt.Fprintf(&sb, "%-58s %10.1f %10.1f\n", k, p50, p99)
 		totals[strings.SplitN(k, ":", 2)[0]] += p50
 	}

@@ -1,17 +1,16 @@
 package hvt
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 
 	"github.com/dust-run/dust/internal/kvm/kvmtest"
 	"github.com/dust-run/dust/internal/machine"
+	"github.com/dust-run/dust/internal/machine/machinetest"
 )
 
 var (
@@ -73,29 +72,7 @@ func prepare(t testing.TB, name string, l machine.Limits) *Image {
 // runOnce serves one request on a brand-new machine.
 func runOnce(t testing.TB, im *Image, req *machine.Request) (machine.Result, string, string) {
 	t.Helper()
-	m, err := im.NewMachine()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	var out, log bytes.Buffer
-	if req == nil {
-		req = &machine.Request{}
-	}
-	res := m.Run(context.Background(), req, &out, &log)
-	return res, out.String(), log.String()
+	return machinetest.RunOnce(t, context.Background(), im, req)
 }
 
-// splitCGI separates the header block from the body.
-func splitCGI(t testing.TB, out string) (string, string) {
-	t.Helper()
-	for _, sep := range []string{"\r\n\r\n", "\n\n"} {
-		if h, b, ok := strings.Cut(out, sep); ok {
-			return h, b
-		}
-	}
-	t.Fatalf("no CGI header block in %q", out[:min(len(out), 200)])
-	return "", ""
-}
-
-func envList(kv ...string) []string { return kv }
+func splitCGI(t testing.TB, out string) (string, string) { return machinetest.SplitCGI(t, out) }

@@ -3,127 +3,42 @@ package hvt
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/dust-run/dust/internal/machine"
+	"github.com/dust-run/dust/internal/machine/machinetest"
 )
 
-func TestHello(t *testing.T) {
-	im := prepare(t, "hello", machine.Limits{})
-	res, out, _ := runOnce(t, im, nil)
-	if res.Outcome != machine.Served || res.ExitStatus != 0 {
-		t.Fatalf("outcome %v status %d: %v", res.Outcome, res.ExitStatus, res.Err())
-	}
-	h, body := splitCGI(t, out)
-	if !strings.Contains(h, "Content-Type: text/plain") || body != "Hello, world!\n" {
-		t.Fatalf("got %q", out)
-	}
-	// The ABI promise: a small request and its response cost one VM exit.
-	if res.Exits != 1 {
-		t.Errorf("hello took %d VM exits, want 1", res.Exits)
-	}
+func TestContract(t *testing.T) {
+	machinetest.Contract(t, func(t testing.TB, name string, l machine.Limits) machine.Image {
+		return prepare(t, name, l)
+	}, machinetest.Options{Hello: []string{"hello"}, Echo: []string{"echo"}})
 }
 
-func TestEcho(t *testing.T) {
-	im := prepare(t, "echo", machine.Limits{})
-	body := "name=dust&kind=hvt"
-	req := &machine.Request{
-		Args:    []string{"/echo/x", "a=1"},
-		Env:     envList("REQUEST_METHOD=POST", "PATH_INFO=/x", "QUERY_STRING=a=1", "CONTENT_LENGTH=18", "HTTP_X_FOO=bar", "HTTP_ACCEPT=*/*"),
-		Body:    strings.NewReader(body),
-		BodyLen: int64(len(body)),
-	}
-	res, out, _ := runOnce(t, im, req)
-	if err := res.Err(); err != nil {
-		t.Fatal(err)
-	}
-	_, got := splitCGI(t, out)
-	want := "method=POST\npath=/x\nquery=a=1\ncontent_length=18\nheader HTTP_X_FOO=bar\nheader HTTP_ACCEPT=*/*\nbody:\n" + body
-	if got != want {
-		t.Fatalf("echo body:\n%q\nwant\n%q", got, want)
-	}
-	if res.Exits != 1 {
-		t.Errorf("small echo took %d VM exits, want 1", res.Exits)
-	}
-}
-
-func TestSHA256OfLargeBody(t *testing.T) {
-	im := prepare(t, "sha256", machine.Limits{})
-	body := make([]byte, 3<<20+12345)
-	rand.Read(body)
-	sum := sha256.Sum256(body)
-	res, out, _ := runOnce(t, im, &machine.Request{
-		Env:  envList(fmt.Sprintf("CONTENT_LENGTH=%d", len(body))),
-		Body: bytes.NewReader(body), BodyLen: int64(len(body)),
-	})
-	if err := res.Err(); err != nil {
-		t.Fatal(err)
-	}
-	_, got := splitCGI(t, out)
-	if got != hex.EncodeToString(sum[:])+"\n" {
-		t.Fatalf("sha256 = %q, want %x", got, sum)
-	}
-}
-
-// An 8 MiB body streams through echo both ways; the guest has 8 MiB of
-// memory in all, so it cannot have buffered it.
-func TestEchoStreams8MiB(t *testing.T) {
-	im := prepare(t, "echo", machine.Limits{Memory: 8 << 20})
-	body := make([]byte, 8<<20)
-	rand.Read(body)
-	var out bytes.Buffer
-	m, err := im.NewMachine()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	res := m.Run(context.Background(), &machine.Request{
-		Env:  envList("REQUEST_METHOD=PUT", fmt.Sprintf("CONTENT_LENGTH=%d", len(body))),
-		Body: bytes.NewReader(body), BodyLen: int64(len(body)),
-	}, &out, io.Discard)
-	if err := res.Err(); err != nil {
-		t.Fatal(err)
-	}
-	_, got := splitCGI(t, out.String())
-	want := "method=PUT\npath=\nquery=\ncontent_length=8388608\nbody:\n" + string(body)
-	if got != want {
-		t.Fatalf("streamed body differs: got %d bytes, want %d", len(got), len(want))
-	}
-	t.Logf("8 MiB echo: %d VM exits, %v", res.Exits, res.RunTime)
-}
-
-// hostUsage counts this process's file descriptors and threads.
-func hostUsage(t testing.TB) (fds, threads int) {
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range strings.Split(string(st), "\n") {
-		if v, ok := strings.CutPrefix(l, "Threads:"); ok {
-			fmt.Sscan(v, &threads)
+// The ABI's promise: a small request and its response cost one VM exit.
+func TestSmallRequestIsOneExit(t *testing.T) {
+	req, _ := machinetest.EchoRequest()
+	for name, req := range map[string]*machine.Request{"hello": nil, "echo": req} {
+		res, _, _ := runOnce(t, prepare(t, name, machine.Limits{}), req)
+		if err := res.Err(); err != nil {
+			t.Fatal(err)
+		}
+		if res.Exits != 1 {
+			t.Errorf("%s took %d VM exits, want 1", name, res.Exits)
 		}
 	}
-	return len(ents), threads
 }
 
 func TestFaultZoo(t *testing.T) {
 	hello := prepare(t, "hello", machine.Limits{})
 	// Warm up: the first VM of a process creates helper threads.
 	runOnce(t, hello, nil)
-	fds0, threads0 := hostUsage(t)
+	fds0, threads0 := machinetest.HostUsage(t)
 
 	cases := []struct {
 		name     string
@@ -178,7 +93,7 @@ func TestFaultZoo(t *testing.T) {
 			}
 		})
 	}
-	fds1, threads1 := hostUsage(t)
+	fds1, threads1 := machinetest.HostUsage(t)
 	if fds1 > fds0 {
 		t.Errorf("file descriptors grew from %d to %d", fds0, fds1)
 	}
@@ -197,7 +112,7 @@ func TestNoLeakBetweenRequests(t *testing.T) {
 	defer pool.Close()
 	for i := 0; i < 3; i++ {
 		var out bytes.Buffer
-		res, err := pool.Do(context.Background(), &machine.Request{Env: envList(fmt.Sprintf("QUERY_STRING=request-%d", i))}, &out, io.Discard)
+		res, err := pool.Do(context.Background(), &machine.Request{Env: []string{fmt.Sprintf("QUERY_STRING=request-%d", i)}}, &out, io.Discard)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -211,37 +126,6 @@ func TestNoLeakBetweenRequests(t *testing.T) {
 	}
 }
 
-func TestMachineServesOneRequest(t *testing.T) {
-	im := prepare(t, "hello", machine.Limits{})
-	m, err := im.NewMachine()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	if res := m.Run(context.Background(), &machine.Request{}, io.Discard, io.Discard); res.Outcome != machine.Served {
-		t.Fatal(res.Err())
-	}
-	if res := m.Run(context.Background(), &machine.Request{}, io.Discard, io.Discard); res.Outcome != machine.InternalError {
-		t.Fatalf("second Run on the same machine: %v", res.Outcome)
-	}
-}
-
-func TestCancelStopsMachine(t *testing.T) {
-	im := prepare(t, "loop", machine.Limits{Timeout: time.Minute})
-	m, err := im.NewMachine()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan machine.Result)
-	go func() { done <- m.Run(ctx, &machine.Request{}, io.Discard, io.Discard) }()
-	cancel()
-	if res := <-done; res.Outcome != machine.Canceled {
-		t.Fatalf("outcome %v", res.Outcome)
-	}
-}
-
 func TestRequestTooLarge(t *testing.T) {
 	im := prepare(t, "hello", machine.Limits{})
 	res, _, _ := runOnce(t, im, &machine.Request{Env: []string{"HTTP_X=" + strings.Repeat("x", 1<<20)}})
@@ -249,18 +133,3 @@ func TestRequestTooLarge(t *testing.T) {
 		t.Fatalf("outcome %v: %v", res.Outcome, res.Err())
 	}
 }
-
-func TestBadWriterStopsMachine(t *testing.T) {
-	im := prepare(t, "flood", machine.Limits{})
-	m, _ := im.NewMachine()
-	defer m.Close()
-	boom := errors.New("client went away")
-	res := m.Run(context.Background(), &machine.Request{}, failingWriter{boom}, io.Discard)
-	if res.Outcome != machine.BadOutput || !errors.Is(res.Err(), boom) {
-		t.Fatalf("outcome %v: %v", res.Outcome, res.Err())
-	}
-}
-
-type failingWriter struct{ err error }
-
-func (f failingWriter) Write([]byte) (int, error) { return 0, f.err }

@@ -4,30 +4,20 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"slices"
 	"testing"
 	"time"
 
 	"github.com/dust-run/dust/internal/machine"
+	"github.com/dust-run/dust/internal/machine/machinetest"
 )
 
 // Benchmarks report medians and tails as custom metrics (p50-µs, p99-µs),
 // as internal/hvt's do: these machines are shared and noisy, so compare
 // figures from one run.
 
-type latencies []time.Duration
+type latencies = machinetest.Latencies
 
-func (l latencies) report(b *testing.B) {
-	if len(l) == 0 {
-		return
-	}
-	slices.Sort(l)
-	q := func(p float64) float64 { return float64(l[int(p*float64(len(l)-1))].Nanoseconds()) / 1e3 }
-	b.ReportMetric(q(0.50), "p50-µs")
-	b.ReportMetric(q(0.99), "p99-µs")
-}
-
-var helloEnv = []string{"GATEWAY_INTERFACE=CGI/1.1", "REQUEST_METHOD=GET", "SCRIPT_NAME=/hello", "PATH_INFO=", "QUERY_STRING=", "SERVER_PROTOCOL=HTTP/1.1", "SERVER_NAME=localhost", "SERVER_PORT=8080", "REMOTE_ADDR=127.0.0.1", "HTTP_HOST=localhost:8080", "HTTP_USER_AGENT=bench"}
+var helloEnv = machinetest.HelloEnv
 
 // BenchmarkHello is one request per iteration, instantiation and closing
 // of the instance included: NewMachine, Run, Close.
@@ -55,7 +45,7 @@ func BenchmarkHello(b *testing.B) {
 				}
 			}
 			b.StopTimer()
-			lat.report(b)
+			lat.Report(b)
 		})
 	}
 }

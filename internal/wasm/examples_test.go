@@ -1,7 +1,6 @@
 package wasm
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"os/exec"
@@ -11,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/dust-run/dust/internal/machine"
+	"github.com/dust-run/dust/internal/machine/machinetest"
 )
 
 // The examples are built once per test binary by the project's own rule
@@ -106,27 +106,7 @@ func runOnce(t testing.TB, im *Image, req *machine.Request) (machine.Result, str
 
 func runCtx(t testing.TB, ctx context.Context, im *Image, req *machine.Request) (machine.Result, string, string) {
 	t.Helper()
-	m, err := im.NewMachine()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	var out, log bytes.Buffer
-	if req == nil {
-		req = &machine.Request{}
-	}
-	res := m.Run(ctx, req, &out, &log)
-	return res, out.String(), log.String()
+	return machinetest.RunOnce(t, ctx, im, req)
 }
 
-// splitCGI separates the header block from the body.
-func splitCGI(t testing.TB, out string) (string, string) {
-	t.Helper()
-	for _, sep := range []string{"\r\n\r\n", "\n\n"} {
-		if h, b, ok := strings.Cut(out, sep); ok {
-			return h, b
-		}
-	}
-	t.Fatalf("no CGI header block in %q", out[:min(len(out), 200)])
-	return "", ""
-}
+func splitCGI(t testing.TB, out string) (string, string) { return machinetest.SplitCGI(t, out) }

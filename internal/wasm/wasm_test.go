@@ -3,11 +3,7 @@ package wasm
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -17,104 +13,14 @@ import (
 	"time"
 
 	"github.com/dust-run/dust/internal/machine"
+	"github.com/dust-run/dust/internal/machine/machinetest"
 )
 
 // The example table shared with hvt: the same programs, the same answers.
-func TestHello(t *testing.T) {
-	for _, name := range []string{"hello", "go-hello"} {
-		t.Run(name, func(t *testing.T) {
-			im := prepare(t, name, machine.Limits{})
-			res, out, _ := runOnce(t, im, nil)
-			if res.Outcome != machine.Served || res.ExitStatus != 0 {
-				t.Fatalf("outcome %v status %d: %v", res.Outcome, res.ExitStatus, res.Err())
-			}
-			h, body := splitCGI(t, out)
-			if !strings.Contains(h, "Content-Type: text/plain") || body != "Hello, world!\n" {
-				t.Fatalf("got %q", out)
-			}
-		})
-	}
-}
-
-func TestEcho(t *testing.T) {
-	for _, name := range []string{"echo", "go-echo"} {
-		t.Run(name, func(t *testing.T) {
-			im := prepare(t, name, machine.Limits{})
-			body := "name=dust&kind=wasm"
-			req := &machine.Request{
-				Args:    []string{"/echo/x", "a=1"},
-				Env:     []string{"REQUEST_METHOD=POST", "PATH_INFO=/x", "QUERY_STRING=a=1", "CONTENT_LENGTH=19", "HTTP_X_FOO=bar", "HTTP_ACCEPT=*/*"},
-				Body:    strings.NewReader(body + "and what lies beyond CONTENT_LENGTH"),
-				BodyLen: int64(len(body)),
-			}
-			res, out, _ := runOnce(t, im, req)
-			if err := res.Err(); err != nil {
-				t.Fatal(err)
-			}
-			_, got := splitCGI(t, out)
-			want := "method=POST\npath=/x\nquery=a=1\ncontent_length=19\nheader HTTP_X_FOO=bar\nheader HTTP_ACCEPT=*/*\nbody:\n" + body
-			if got != want {
-				t.Fatalf("echo body:\n%q\nwant\n%q", got, want)
-			}
-		})
-	}
-}
-
-func TestSHA256OfLargeBody(t *testing.T) {
-	im := prepare(t, "sha256", machine.Limits{})
-	body := make([]byte, 3<<20+12345)
-	rand.Read(body)
-	sum := sha256.Sum256(body)
-	res, out, _ := runOnce(t, im, &machine.Request{
-		Env:  []string{fmt.Sprintf("CONTENT_LENGTH=%d", len(body))},
-		Body: bytes.NewReader(body), BodyLen: int64(len(body)),
-	})
-	if err := res.Err(); err != nil {
-		t.Fatal(err)
-	}
-	_, got := splitCGI(t, out)
-	if got != hex.EncodeToString(sum[:])+"\n" {
-		t.Fatalf("sha256 = %q, want %x", got, sum)
-	}
-}
-
-// chunkRecorder counts the writes it receives, to show the response was
-// streamed rather than handed over whole at the end.
-type chunkRecorder struct {
-	bytes.Buffer
-	writes int
-}
-
-func (c *chunkRecorder) Write(p []byte) (int, error) { c.writes++; return c.Buffer.Write(p) }
-
-// An 8 MiB body streams through echo both ways; the guest has 8 MiB of
-// memory in all, so it cannot have buffered it.
-func TestEchoStreams8MiB(t *testing.T) {
-	im := prepare(t, "echo", machine.Limits{Memory: 8 << 20})
-	body := make([]byte, 8<<20)
-	rand.Read(body)
-	var out chunkRecorder
-	m, err := im.NewMachine()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	res := m.Run(context.Background(), &machine.Request{
-		Env:  []string{"REQUEST_METHOD=PUT", fmt.Sprintf("CONTENT_LENGTH=%d", len(body))},
-		Body: bytes.NewReader(body), BodyLen: int64(len(body)),
-	}, &out, io.Discard)
-	if err := res.Err(); err != nil {
-		t.Fatal(err)
-	}
-	_, got := splitCGI(t, out.String())
-	want := "method=PUT\npath=\nquery=\ncontent_length=8388608\nbody:\n" + string(body)
-	if got != want {
-		t.Fatalf("streamed body differs: got %d bytes, want %d", len(got), len(want))
-	}
-	if out.writes < 8 || res.MemoryBytes >= 8<<20 {
-		t.Errorf("%d writes, %d bytes of guest memory: not streamed", out.writes, res.MemoryBytes)
-	}
-	t.Logf("8 MiB echo: %d writes, %d KiB guest memory, %v", out.writes, res.MemoryBytes>>10, res.RunTime)
+func TestContract(t *testing.T) {
+	machinetest.Contract(t, func(t testing.TB, name string, l machine.Limits) machine.Image {
+		return prepare(t, name, l)
+	}, machinetest.Options{Hello: []string{"hello", "go-hello"}, Echo: []string{"echo", "go-echo"}})
 }
 
 // waitGoroutines waits until the goroutine count is back to n: wazero's
@@ -213,55 +119,6 @@ func TestGoMemoryLimit(t *testing.T) {
 	}
 }
 
-func TestCancel(t *testing.T) {
-	im := prepare(t, "loop", machine.Limits{Timeout: time.Minute})
-	ctx, cancel := context.WithCancel(context.Background())
-	m, err := im.NewMachine()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	done := make(chan machine.Result)
-	go func() { done <- m.Run(ctx, &machine.Request{}, io.Discard, io.Discard) }()
-	cancel()
-	if res := <-done; res.Outcome != machine.Canceled || !errors.Is(res.Err(), machine.ErrCanceled) {
-		t.Fatalf("outcome %v: %v", res.Outcome, res.Err())
-	}
-}
-
-type failWriter struct{ err error }
-
-func (f failWriter) Write([]byte) (int, error) { return 0, f.err }
-
-func TestBadOutput(t *testing.T) {
-	im := prepare(t, "flood", machine.Limits{})
-	m, err := im.NewMachine()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	gone := errors.New("client went away")
-	res := m.Run(context.Background(), &machine.Request{}, failWriter{gone}, io.Discard)
-	if res.Outcome != machine.BadOutput || !errors.Is(res.Err(), gone) || !errors.Is(res.Err(), machine.ErrBadOutput) {
-		t.Fatalf("outcome %v: %v", res.Outcome, res.Err())
-	}
-}
-
-type failReader struct{ err error }
-
-func (f failReader) Read([]byte) (int, error) { return 0, f.err }
-
-func TestBodyReadError(t *testing.T) {
-	im := prepare(t, "sha256", machine.Limits{})
-	broken := errors.New("connection reset")
-	res, _, _ := runOnce(t, im, &machine.Request{Body: failReader{broken}, BodyLen: 100})
-	if res.Outcome != machine.Canceled || !errors.Is(res.Err(), broken) {
-		t.Fatalf("outcome %v: %v", res.Outcome, res.Err())
-	}
-}
-
-// State from one request is not visible in the next: every request gets a
-// new instance, so the global and the heap counter both read 1.
 func TestCounterStaysOne(t *testing.T) {
 	im := prepare(t, "counter", machine.Limits{})
 	pool := machine.NewPool(im, machine.PoolOptions{Size: 2})
@@ -277,22 +134,6 @@ func TestCounterStaysOne(t *testing.T) {
 	}
 }
 
-func TestMachineServesOnce(t *testing.T) {
-	im := prepare(t, "hello", machine.Limits{})
-	m, err := im.NewMachine()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	if res := m.Run(context.Background(), &machine.Request{}, io.Discard, io.Discard); res.Outcome != machine.Served {
-		t.Fatal(res.Err())
-	}
-	if res := m.Run(context.Background(), &machine.Request{}, io.Discard, io.Discard); res.Outcome != machine.InternalError {
-		t.Fatalf("second run: %v", res.Outcome)
-	}
-}
-
-// Closing the image leaves machines already made able to serve.
 func TestImageCloseKeepsMachines(t *testing.T) {
 	im, err := Prepare(exampleWasm(t, "hello"), machine.Limits{}, testOptions)
 	if err != nil {
