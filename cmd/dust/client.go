@@ -132,19 +132,9 @@ func cmdAdmin(name string, args []string, stdout, stderr io.Writer) int {
 	if name == "logs" {
 		fs.BoolVar(&follow, "f", false, "follow new lines")
 	}
-	var pos []string
-	for rest := args; ; {
-		if err := fs.Parse(rest); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return exitOK
-			}
-			return exitUsage
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		pos = append(pos, fs.Arg(0))
-		rest = fs.Args()[1:]
+	pos, code, ok := parseInterleaved(fs, args)
+	if !ok {
+		return code
 	}
 	want := map[string]int{"deploy": 2, "apps": 0, "app": 1, "rollback": 1, "rm": 1, "logs": 1}[name]
 	if len(pos) != want {

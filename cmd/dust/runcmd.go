@@ -103,19 +103,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	verbose := fs.Bool("v", false, "print the outcome, VM exits and timings to stderr")
 
 	// Flags may come before or after the image.
-	var pos []string
-	for rest := args; ; {
-		if err := fs.Parse(rest); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return exitOK
-			}
-			return exitUsage
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		pos = append(pos, fs.Arg(0))
-		rest = fs.Args()[1:]
+	pos, code, ok := parseInterleaved(fs, args)
+	if !ok {
+		return code
 	}
 	if len(pos) != 1 {
 		fmt.Fprintf(stderr, "dust run: want exactly one IMAGE, got %d arguments\n", len(pos))
@@ -240,4 +230,23 @@ func buildRequest(method, path string, headers []string, data string, env []stri
 		r.Method = http.MethodGet
 	}
 	return r, body, nil
+}
+
+// parseInterleaved parses flags that may stand before, between or after
+// positional arguments, and returns the positional ones. When ok is false,
+// the command should exit with code (help was shown, or a flag was bad).
+func parseInterleaved(fs *flag.FlagSet, args []string) (pos []string, code int, ok bool) {
+	for rest := args; ; {
+		if err := fs.Parse(rest); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, exitOK, false
+			}
+			return nil, exitUsage, false
+		}
+		if fs.NArg() == 0 {
+			return pos, 0, true
+		}
+		pos = append(pos, fs.Arg(0))
+		rest = fs.Args()[1:]
+	}
 }
