@@ -326,10 +326,11 @@ func (s *Server) apiStatus(w http.ResponseWriter, r *http.Request) {
 	s.errMu.Lock()
 	errs := append([]recentError(nil), s.errors...)
 	s.errMu.Unlock()
-	bounds := make([]string, len(histBounds))
+	bounds := make([]string, len(histBounds)+1)
 	for i, b := range histBounds {
 		bounds[i] = "<" + b.String()
 	}
+	bounds[len(histBounds)] = ">=" + histBounds[len(histBounds)-1].String()
 	writeJSON(w, http.StatusOK, map[string]any{"apps": apps, "errors": errs, "buckets": bounds, "live": s.global.live()})
 }
 

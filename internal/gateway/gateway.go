@@ -42,6 +42,9 @@ type Config struct {
 	MaxImageSize   int64         // largest image accepted by deploy (default 256 MiB)
 	MaxHeaderBytes int           // request header limit (default 64 KiB)
 	ShutdownGrace  time.Duration // in-flight requests get this long at shutdown (default 10s)
+	// ReadHeaderTimeout bounds how long a client may take to send its
+	// request header (default 5s): slowloris clients are cut off.
+	ReadHeaderTimeout time.Duration
 }
 
 // App defaults, used when a deploy does not set them.
@@ -70,6 +73,9 @@ func (c *Config) defaults() {
 	}
 	if c.MaxHeaderBytes <= 0 {
 		c.MaxHeaderBytes = 64 << 10
+	}
+	if c.ReadHeaderTimeout <= 0 {
+		c.ReadHeaderTimeout = 5 * time.Second
 	}
 	if c.ShutdownGrace <= 0 {
 		c.ShutdownGrace = 10 * time.Second
@@ -271,7 +277,7 @@ func (s *Server) HTTPServers(listen, admin string) (*http.Server, *http.Server) 
 	mk := func(addr string, h http.Handler, write time.Duration) *http.Server {
 		return &http.Server{
 			Addr: addr, Handler: h,
-			ReadHeaderTimeout: 5 * time.Second,
+			ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
 			IdleTimeout:       60 * time.Second,
 			MaxHeaderBytes:    s.cfg.MaxHeaderBytes,
 			WriteTimeout:      write,

@@ -78,7 +78,8 @@ func start(t *testing.T, dir string) *testServer {
 	t.Helper()
 	kvmtest.Require(t)
 	s, err := New(Config{DataDir: dir, Kinds: map[string]machine.Kind{"hvt": hvt.Kind{}}, Detect: detect,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), ShutdownGrace: 5 * time.Second})
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), ShutdownGrace: 5 * time.Second,
+		ReadHeaderTimeout: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -336,3 +337,61 @@ int main(void){fprintf(stderr, "a line for the log\n"); printf("Content-Type: te
 }
 
 func runtimeGosched() { runtime.Gosched() }
+
+// A client that never finishes its header is cut off, and others are
+// served meanwhile.
+func TestSlowClientIsCutOff(t *testing.T) {
+	ts := start(t, t.TempDir())
+	ts.deploy(t, "hello", example(t, "hello"), store.Settings{Route: "/hello"})
+	conn, err := net.Dial("tcp", strings.TrimPrefix(ts.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("GET /hello HTTP/1.1\r\nHost: x\r\nX-Slow: ")); err != nil {
+		t.Fatal(err)
+	}
+	if resp, body := get(t, "GET", ts.url+"/hello", nil); resp.StatusCode != 200 || body != "Hello, world!\n" {
+		t.Fatalf("well-behaved client during slowloris: %d %q", resp.StatusCode, body)
+	}
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	start := time.Now()
+	_, err = io.ReadAll(conn)
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatal("the server kept the half-sent request open")
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("cut off after %v", d)
+	}
+}
+
+// `dust logs -f`: a follower sees lines written after it subscribed.
+func TestLogsFollow(t *testing.T) {
+	ts := start(t, t.TempDir())
+	ts.deploy(t, "talker", guest(t, `#include <stdio.h>
+int main(void){fprintf(stderr, "hello log\n"); printf("Content-Type: text/plain\n\nok\n"); return 0;}
+`), store.Settings{Route: "/talk"})
+	req, _ := http.NewRequest("GET", ts.admin+"/v1/apps/talker/logs?follow=1", nil)
+	req.Header.Set("Authorization", "Bearer "+ts.Token())
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	// The follower is subscribed once the response header arrived.
+	get(t, "GET", ts.url+"/talk", nil, "X-Request-Id", "follow-1")
+	line := make(chan string, 1)
+	go func() {
+		buf := make([]byte, 4096)
+		n, _ := resp.Body.Read(buf)
+		line <- string(buf[:n])
+	}()
+	select {
+	case l := <-line:
+		if !strings.Contains(l, "follow-1 hello log") {
+			t.Fatalf("followed %q", l)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no line reached the follower")
+	}
+}
