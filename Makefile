@@ -5,7 +5,7 @@ GO      ?= go
 BIN     := bin/dust
 FUZZTIME ?= 60s
 
-.PHONY: all build examples wasm-examples demo test test-go test-guest lint fuzz fuzz-seed bench clean
+.PHONY: all build examples wasm-examples demo test test-go test-guest lint fuzz fuzz-seed bench soak clean
 
 all: build examples
 
@@ -51,6 +51,12 @@ fuzz:
 		echo "== $$t ($$pkg)"; \
 		$(GO) test -run='^$$' -fuzz="^$$t$$" -fuzztime=$(FUZZTIME) ./$$pkg || exit 1; \
 	done
+
+# A mixed load of good and hostile apps through the gateway at concurrency
+# 64 for SOAK (default 10m), then checks statuses and fds/threads/RSS.
+SOAK ?= 10m
+soak: examples
+	DUST_SOAK=$(SOAK) $(GO) test -count=1 -run '^TestSoak$$' -v -timeout 0 ./internal/gateway/
 
 bench: examples
 	$(GO) test -run='^$$' -bench=. -benchtime=2000x -count=1 ./internal/hvt/ ./internal/wasm/ ./internal/cgi/

@@ -314,7 +314,10 @@ func (s *session) io() bool {
 		if err != nil {
 			return s.badCall("EXIT", err)
 		}
-		if r.outLen > 0 && !s.write(fdStdout, m.mem[r.outBuf:r.outBuf+r.outLen]) {
+		// Pending response bytes leave only on a normal exit: abort() does
+		// not flush stdio in C either, and a request that ran out of memory
+		// should get a clean failure status rather than a truncated answer.
+		if r.reason == exitNormal && r.outLen > 0 && !s.write(fdStdout, m.mem[r.outBuf:r.outBuf+r.outLen]) {
 			return false
 		}
 		if r.errLen > 0 && !s.write(fdStderr, m.mem[r.errBuf:r.errBuf+r.errLen]) {
