@@ -37,7 +37,7 @@ type Config struct {
 
 	MaxLive        int           // global cap on live machines (default 256)
 	GlobalQueue    int           // requests waiting for a global slot (default 1024)
-	PoolFloor      int           // ready machines an idle app keeps (default 1; 0 = scale to zero)
+	PoolFloor      int           // ready machines an idle app keeps (0 = scale to zero; dust serve defaults to 1)
 	PoolMax        int           // ready machines a busy app may keep (default 32)
 	MaxImageSize   int64         // largest image accepted by deploy (default 256 MiB)
 	MaxHeaderBytes int           // request header limit (default 64 KiB)

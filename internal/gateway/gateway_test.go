@@ -74,12 +74,14 @@ func detect(b []byte) (string, error) {
 }
 
 // start runs a gateway on loopback ports with its data in dir.
-func start(t *testing.T, dir string) *testServer {
+func start(t *testing.T, dir string) *testServer { return startWith(t, dir, 0) }
+
+// startWith is start with a ReadHeaderTimeout (0: the default).
+func startWith(t *testing.T, dir string, readHeader time.Duration) *testServer {
 	t.Helper()
 	kvmtest.Require(t)
 	s, err := New(Config{DataDir: dir, Kinds: map[string]machine.Kind{"hvt": hvt.Kind{}}, Detect: detect,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), ShutdownGrace: 5 * time.Second,
-		ReadHeaderTimeout: 300 * time.Millisecond})
+		Logger: testLogger(), ShutdownGrace: 5 * time.Second, ReadHeaderTimeout: readHeader})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -341,7 +343,7 @@ func runtimeGosched() { runtime.Gosched() }
 // A client that never finishes its header is cut off, and others are
 // served meanwhile.
 func TestSlowClientIsCutOff(t *testing.T) {
-	ts := start(t, t.TempDir())
+	ts := startWith(t, t.TempDir(), 300*time.Millisecond)
 	ts.deploy(t, "hello", example(t, "hello"), store.Settings{Route: "/hello"})
 	conn, err := net.Dial("tcp", strings.TrimPrefix(ts.url, "http://"))
 	if err != nil {
@@ -432,4 +434,12 @@ func TestHostileRequests(t *testing.T) {
 	if !strings.HasPrefix(resp, "HTTP/1.1 404") {
 		t.Errorf("/%%2e%%2e/echo: %q", resp[:min(len(resp), 80)])
 	}
+}
+
+// testLogger discards logs unless DUST_TEST_LOG=1 asks for them on stderr.
+func testLogger() *slog.Logger {
+	if os.Getenv("DUST_TEST_LOG") == "1" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }

@@ -98,7 +98,9 @@ func TestSoak(t *testing.T) {
 					key = a.name + " error"
 				}
 				counts[key]++
-				if err != nil || code != a.status {
+				// Under this load the flood may not reach its first
+				// flush before its 100 ms deadline: 504 is right then.
+				if err != nil || (code != a.status && !(a.name == "flood" && code == 504)) {
 					if len(wrong) < 20 {
 						wrong = append(wrong, fmt.Sprintf("%s: %d %v", a.name, code, err))
 					}
@@ -146,7 +148,9 @@ func TestSoak(t *testing.T) {
 	if threads1 > threads0+(ready1-ready0)+64+16 {
 		t.Errorf("threads grew from %d to %d", threads0, threads1)
 	}
-	if g1 > g0+32 {
+	// hvt keeps up to 64 idle vCPU worker goroutines, each locked to its
+	// thread, for the next requests.
+	if g1 > g0+64+32 {
 		t.Errorf("goroutines grew from %d to %d", g0, g1)
 	}
 	if rss1 > rss0+256<<10 {

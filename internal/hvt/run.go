@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -132,22 +131,24 @@ func (m *Machine) Run(ctx context.Context, req *machine.Request, stdout, stderr 
 	s.ctx = ctx
 	stop := context.AfterFunc(ctx, m.kick)
 
-	runtime.LockOSThread()
-	m.mu.Lock()
-	m.tid = unix.Gettid()
-	m.running = true
-	m.mu.Unlock()
-
-	lap("arm deadline, lock thread")
-	s.loop()
-
-	m.mu.Lock()
-	m.running = false
-	m.mu.Unlock()
-	runtime.UnlockOSThread()
+	lap("arm deadline")
+	err := onWorker(func() {
+		m.mu.Lock()
+		m.tid = unix.Gettid()
+		m.running = true
+		m.mu.Unlock()
+		s.loop()
+		m.mu.Lock()
+		m.running = false
+		m.mu.Unlock()
+	})
 	stop()
+	if err != nil {
+		s.end(machine.InternalError, "no vCPU thread")
+		s.res.Cause = err
+	}
 
-	lap("disarm deadline, unlock thread")
+	lap("run on vCPU thread, disarm deadline")
 	s.res.RunTime = time.Since(start)
 	return s.res
 }
