@@ -1,6 +1,7 @@
 # The examples as WebAssembly (WASI preview 1) modules for the wasm machine
 # kind: the C ones with Debian's clang and wasi-libc (apt: clang lld
-# wasi-libc libclang-rt-14-dev-wasm32), the Go ones with GOOS=wasip1.
+# wasi-libc libclang-rt-14-dev-wasm32), the Go ones with GOOS=wasip1, the
+# go-fast ones (package dustgo) as reactors: -buildmode=c-shared.
 #
 #   make -f examples/wasm.mk            builds examples/NAME/NAME.wasm
 #   make -f examples/wasm.mk OUT=DIR    builds DIR/NAME/NAME.wasm instead
@@ -19,7 +20,8 @@ WASM_CFLAGS ?= --target=wasm32-wasi -O2 -Wall -Wextra
 
 C_EXAMPLES  := hello echo sha256 exitcode loop oom flood logflood trap counter
 GO_EXAMPLES := go-hello go-echo
-ALL := $(foreach n,$(C_EXAMPLES) $(GO_EXAMPLES),$(OUT)/$(n)/$(n).wasm)
+GO_REACTORS := go-fast-hello go-fast-echo
+ALL := $(foreach n,$(C_EXAMPLES) $(GO_EXAMPLES) $(GO_REACTORS),$(OUT)/$(n)/$(n).wasm)
 
 .PHONY: all clean
 all: $(ALL)
@@ -29,6 +31,9 @@ $(foreach n,$(C_EXAMPLES),$(eval $(OUT)/$(n)/$(n).wasm: $(EXDIR)/$(n)/$(n).c ; @
 # go build decides itself what is out of date.
 .PHONY: $(foreach n,$(GO_EXAMPLES),$(OUT)/$(n)/$(n).wasm)
 $(foreach n,$(GO_EXAMPLES),$(eval $(OUT)/$(n)/$(n).wasm: ; @mkdir -p $$(@D) && cd $(ROOT) && GOOS=wasip1 GOARCH=wasm $$(GO) build -trimpath -o $$@ ./examples/$(n)))
+
+.PHONY: $(foreach n,$(GO_REACTORS),$(OUT)/$(n)/$(n).wasm)
+$(foreach n,$(GO_REACTORS),$(eval $(OUT)/$(n)/$(n).wasm: ; @mkdir -p $$(@D) && cd $(ROOT) && GOOS=wasip1 GOARCH=wasm $$(GO) build -trimpath -buildmode=c-shared -o $$@ ./examples/$(n)))
 
 clean:
 	rm -f $(ALL)

@@ -22,7 +22,7 @@ var helloEnv = machinetest.HelloEnv
 // BenchmarkHello is one request per iteration, instantiation and closing
 // of the instance included: NewMachine, Run, Close.
 func BenchmarkHello(b *testing.B) {
-	for _, name := range []string{"hello", "go-hello"} {
+	for _, name := range []string{"hello", "go-hello", "go-fast-hello"} {
 		b.Run(name, func(b *testing.B) {
 			im := prepare(b, name, machine.Limits{})
 			var out bytes.Buffer

@@ -82,9 +82,10 @@ func (m *Machine) Run(ctx context.Context, req *machine.Request, stdout, stderr 
 	ictx := experimental.WithMemoryAllocator(ctx, mem)
 
 	res := machine.Result{}
+	var status []uint64
 	mod, err := im.rt.InstantiateModule(ictx, im.compiled, cfg)
 	if err == nil {
-		_, err = mod.ExportedFunction("_start").Call(ictx)
+		status, err = mod.ExportedFunction(im.entry).Call(ictx)
 		res.MemoryBytes = int64(len(mem.buf))
 		// The instance is never reused: it goes as soon as the guest is
 		// done, whatever the outcome.
@@ -96,6 +97,11 @@ func (m *Machine) Run(ctx context.Context, req *machine.Request, stdout, stderr 
 	res.StdoutBytes, res.StderrBytes = out.n, log.n
 	res.RunTime = time.Since(start)
 	classify(&res, ctx, err, mem)
+	if res.Outcome == machine.Served && err == nil && len(status) == 1 {
+		// A reactor's entry point returns the status a command would
+		// have passed to proc_exit.
+		res.ExitStatus = int(int32(uint32(status[0])))
+	}
 	return res
 }
 

@@ -9,6 +9,10 @@
 // response is done: nothing a request leaves in linear memory, globals or
 // tables is visible to the next one.
 //
+// A Go app built with package dustgo is a reactor rather than a command:
+// Prepare runs its start-up once and every request's instance starts from
+// a snapshot of the result (see ServeExport and docs/wasm-go.md).
+//
 // Capabilities are deny-by-default: no filesystem unless the image is
 // given read-only directories (Options.Dirs), no sockets, no host
 // functions beyond WASI preview 1. Clocks and random numbers are real.
@@ -88,6 +92,12 @@ type Image struct {
 	// concurrent requests is safe.
 	base     wazero.ModuleConfig
 	maxBytes uint64
+	// entry is the function a request calls: _start for a command,
+	// ServeExport for a pre-initialised reactor, whose result is the
+	// exit status.
+	entry         string
+	reactor       bool
+	snapshotBytes int
 
 	mu     sync.Mutex
 	refs   int // the image's own reference plus one per live machine
@@ -95,7 +105,8 @@ type Image struct {
 }
 
 // Prepare compiles image and checks that it can be instantiated as a WASI
-// preview 1 command under limits. A module that is not valid, imports
+// preview 1 command under limits; a Dust reactor (see ServeExport) is
+// pre-initialised into a snapshot instead. A module that is not valid, imports
 // anything but WASI preview 1, has no _start, or needs more memory than
 // limits allow is refused with an error wrapping machine.ErrBadImage.
 func Prepare(image []byte, limits machine.Limits, o Options) (*Image, error) {
@@ -122,10 +133,6 @@ func Prepare(image []byte, limits machine.Limits, o Options) (*Image, error) {
 		WithCloseOnContextDone(true).
 		WithCompilationCache(cache))
 	im := &Image{limits: limits, rt: rt, maxBytes: uint64(limits.Memory) / pageSize * pageSize, refs: 1}
-	if err := im.compile(ctx, image); err != nil {
-		rt.Close(ctx)
-		return nil, err
-	}
 	im.base = wazero.NewModuleConfig().
 		WithName(""). // anonymous: many instances of one module at once
 		WithStartFunctions().
@@ -133,17 +140,30 @@ func Prepare(image []byte, limits machine.Limits, o Options) (*Image, error) {
 		WithSysNanotime().
 		WithRandSource(rand.Reader).
 		WithFSConfig(fsc)
-	if err := im.trial(ctx); err != nil {
+	if _, err := wasi_snapshot_preview1.Instantiate(ctx, rt); err != nil {
+		rt.Close(ctx)
+		return nil, fmt.Errorf("%w: wasm: instantiating WASI: %v", machine.ErrInternal, err)
+	}
+	if isReactor(image) {
+		err = im.snapshot(ctx, image)
+	} else {
+		err = im.compile(ctx, image)
+	}
+	if err == nil {
+		err = im.trial(ctx)
+	}
+	if err != nil {
 		rt.Close(ctx)
 		return nil, err
 	}
 	return im, nil
 }
 
+// Reactor reports whether the image is a pre-initialised reactor (see
+// ServeExport), and the size of its snapshot module in bytes.
+func (im *Image) Reactor() (bool, int) { return im.reactor, im.snapshotBytes }
+
 func (im *Image) compile(ctx context.Context, image []byte) error {
-	if _, err := wasi_snapshot_preview1.Instantiate(ctx, im.rt); err != nil {
-		return fmt.Errorf("%w: wasm: instantiating WASI: %v", machine.ErrInternal, err)
-	}
 	compiled, err := im.rt.CompileModule(ctx, image)
 	if err != nil {
 		return fmt.Errorf("%w: %s%v", machine.ErrBadImage, componentHint(image), err)
@@ -152,14 +172,30 @@ func (im *Image) compile(ctx context.Context, image []byte) error {
 	start, ok := compiled.ExportedFunctions()["_start"]
 	if !ok {
 		hint := ""
-		if _, reactor := compiled.ExportedFunctions()["_initialize"]; reactor {
-			hint = " (it exports _initialize: a WASI reactor, not a command)"
+		exports := compiled.ExportedFunctions()
+		if _, reactor := exports[initializeExport]; reactor {
+			hint = " (it exports _initialize: a WASI reactor, not a command, and no " + ServeExport + " to serve requests with)"
+		} else if _, serve := exports[ServeExport]; serve {
+			hint = " (it exports " + ServeExport + " but no _initialize: build a Go app with -buildmode=c-shared)"
 		}
 		return fmt.Errorf("%w: the module exports no _start function%s; build it as a WASI command", machine.ErrBadImage, hint)
+	}
+	if _, serve := compiled.ExportedFunctions()[ServeExport]; serve {
+		// Its _start would run an empty main and answer nothing.
+		return fmt.Errorf("%w: the module exports %s but is a WASI command; build a Go app that uses dustgo with -buildmode=c-shared", machine.ErrBadImage, ServeExport)
 	}
 	if len(start.ParamTypes()) != 0 || len(start.ResultTypes()) != 0 {
 		return fmt.Errorf("%w: _start has signature %s, want () -> ()", machine.ErrBadImage, start.DebugName())
 	}
+	if err := im.checkMemory(compiled); err != nil {
+		return err
+	}
+	im.entry = "_start"
+	return nil
+}
+
+// checkMemory refuses a module whose memory alone is over the limit.
+func (im *Image) checkMemory(compiled wazero.CompiledModule) error {
 	mems := compiled.ImportedMemories()
 	for _, m := range compiled.ExportedMemories() {
 		mems = append(mems, m)

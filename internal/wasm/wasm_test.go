@@ -20,7 +20,7 @@ import (
 func TestContract(t *testing.T) {
 	machinetest.Contract(t, func(t testing.TB, name string, l machine.Limits) machine.Image {
 		return prepare(t, name, l)
-	}, machinetest.Options{Hello: []string{"hello", "go-hello"}, Echo: []string{"echo", "go-echo"}})
+	}, machinetest.Options{Hello: []string{"hello", "go-hello", "go-fast-hello"}, Echo: []string{"echo", "go-echo", "go-fast-echo"}})
 }
 
 // waitGoroutines waits until the goroutine count is back to n: wazero's
