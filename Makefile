@@ -58,8 +58,16 @@ SOAK ?= 10m
 soak: examples
 	DUST_SOAK=$(SOAK) $(GO) test -count=1 -run '^TestSoak$$' -v -timeout 0 ./internal/gateway/
 
-bench: examples
+# Go benchmarks per package, then `dust bench`: every contender side by
+# side in one run (BENCHFLAGS: e.g. --quick, --duration 2m, --json); it
+# writes its SVG charts and report.json to docs/bench/. bench/setup.sh
+# installs QEMU and the wasm toolchain.
+BENCHFLAGS ?=
+bench: build examples
+	@$(MAKE) -s -k -f examples/wasm.mk GO=$(GO) 2>/dev/null || \
+		echo "note: some wasm examples not built (run bench/setup.sh); their rows will say skipped"
 	$(GO) test -run='^$$' -bench=. -benchtime=2000x -count=1 ./internal/hvt/ ./internal/wasm/ ./internal/cgi/
+	./$(BIN) bench $(BENCHFLAGS)
 
 clean:
 	rm -rf bin

@@ -21,6 +21,7 @@ commands:
   rollback NAME      switch an app back to its previous version
   rm NAME            remove an app
   logs NAME [-f]     print (and follow) an app's log
+  bench              measure Dust against processes, CGI, QEMU and wasm, side by side
   version            print the version
 
 Run 'dust <command> -h' for the flags of a command.
@@ -42,6 +43,8 @@ func run(args []string) int {
 		return cmdServe(args[1:], os.Stdout, os.Stderr)
 	case "deploy", "apps", "app", "rollback", "rm", "logs":
 		return cmdAdmin(args[0], args[1:], os.Stdout, os.Stderr)
+	case "bench":
+		return cmdBench(args[1:], os.Stdout, os.Stderr)
 	case "version":
 		fmt.Println("dust", version)
 		return exitOK

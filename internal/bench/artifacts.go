@@ -1,0 +1,96 @@
+package bench
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+)
+
+// artifacts are the programs every contender runs, built or found once per
+// bench run so that all rows run the same C source.
+type artifacts struct {
+	dir string // scratch directory, removed at the end
+
+	helloELF, echoELF, bigELF    []byte // hvt images (guest/dustcc)
+	helloWasm, echoWasm, goHello []byte // wasm images
+	bigWasm                      []byte
+	staticHello, staticBig       string // host programs, static glibc
+	qemuGuest                    string // PVH ELF for QEMU microvm
+	missing                      map[string]string
+}
+
+func (a *artifacts) close() { os.RemoveAll(a.dir) }
+
+// buildArtifacts reads the prebuilt examples (make examples wasm-examples)
+// and builds the host-side ones: the static Linux programs and the QEMU
+// guest. A missing piece is recorded, not fatal: the contenders that need
+// it are skipped with the reason.
+func buildArtifacts(examples string) (*artifacts, error) {
+	dir, err := os.MkdirTemp("", "dust-bench-")
+	if err != nil {
+		return nil, err
+	}
+	a := &artifacts{dir: dir, missing: map[string]string{}}
+	read := func(dst *[]byte, name, file, hint string) {
+		b, err := os.ReadFile(filepath.Join(examples, name, file))
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				err = fmt.Errorf("%s not built (%s)", filepath.Join(examples, name, file), hint)
+			}
+			a.missing[file] = err.Error()
+			return
+		}
+		*dst = b
+	}
+	read(&a.helloELF, "hello", "hello.elf", "make examples")
+	read(&a.echoELF, "echo", "echo.elf", "make examples")
+	read(&a.bigELF, "big", "big.elf", "make examples")
+	read(&a.helloWasm, "hello", "hello.wasm", "make wasm-examples")
+	read(&a.echoWasm, "echo", "echo.wasm", "make wasm-examples")
+	read(&a.goHello, "go-hello", "go-hello.wasm", "make wasm-examples")
+	// big is a bench-only example: build its wasm here rather than in
+	// every `make wasm-examples`.
+	if err := a.run("clang", "--target=wasm32-wasi", "-O2", "-o", filepath.Join(dir, "big.wasm"), filepath.Join(examples, "big", "big.c")); err != nil {
+		a.missing["big.wasm"] = err.Error()
+	} else if a.bigWasm, err = os.ReadFile(filepath.Join(dir, "big.wasm")); err != nil {
+		a.missing["big.wasm"] = err.Error()
+	}
+	for _, p := range []struct {
+		dst  *string
+		name string
+	}{{&a.staticHello, "hello"}, {&a.staticBig, "big"}} {
+		out := filepath.Join(dir, p.name+"-static")
+		if err := a.run("gcc", "-O2", "-static", "-o", out, filepath.Join(examples, p.name, p.name+".c")); err != nil {
+			a.missing[p.name+"-static"] = err.Error()
+			continue
+		}
+		*p.dst = out
+	}
+	if g, err := buildQEMUGuest(dir); err != nil {
+		a.missing["qemu-guest"] = err.Error()
+	} else {
+		a.qemuGuest = g
+	}
+	return a, nil
+}
+
+func (a *artifacts) run(name string, args ...string) error {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: %v: %s", name, err, out)
+	}
+	return nil
+}
+
+// why returns the reason a contender needing files cannot run, or "".
+func (a *artifacts) why(files ...string) string {
+	for _, f := range files {
+		if m, ok := a.missing[f]; ok {
+			return m
+		}
+	}
+	return ""
+}
