@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/dust-run/dust/internal/gateway"
+	"github.com/dust-run/dust/internal/hvt"
 	"github.com/dust-run/dust/internal/kvm"
 	"github.com/dust-run/dust/internal/machine"
 	"github.com/dust-run/dust/internal/store"
@@ -72,6 +73,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	maxLive := fs.Int("max-live", 256, "global cap on live machines")
 	floor := fs.Int("pool-floor", 1, "ready machines an idle app keeps (0: scale to zero)")
+	seccomp := fs.Bool("seccomp", true, "run hvt vCPUs on worker threads under a seccomp filter (off saves ≈ 45 µs per request on nested KVM)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
@@ -88,6 +90,10 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	log := slog.New(h)
+	hvt.SetSeccomp(*seccomp)
+	if !*seccomp {
+		log.Warn("hvt vCPU threads run WITHOUT the seccomp filter (-seccomp=false)")
+	}
 	if !isLoopback(*admin) {
 		log.Warn("THE ADMIN API IS LISTENING BEYOND LOOPBACK: anyone who can reach " + *admin + " and holds the token can deploy code")
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -132,7 +133,7 @@ func (m *Machine) Run(ctx context.Context, req *machine.Request, stdout, stderr 
 	stop := context.AfterFunc(ctx, m.kick)
 
 	lap("arm deadline")
-	err := onWorker(func() {
+	run := func() {
 		m.mu.Lock()
 		m.tid = unix.Gettid()
 		m.running = true
@@ -141,7 +142,17 @@ func (m *Machine) Run(ctx context.Context, req *machine.Request, stdout, stderr 
 		m.mu.Lock()
 		m.running = false
 		m.mu.Unlock()
-	})
+	}
+	var err error
+	if seccompOn.Load() {
+		err = onWorker(run)
+	} else {
+		// Without the filter there is no reason to hop threads: the
+		// caller's thread runs the vCPU, locked only for the run.
+		runtime.LockOSThread()
+		run()
+		runtime.UnlockOSThread()
+	}
 	stop()
 	if err != nil {
 		s.end(machine.InternalError, "no vCPU thread")
