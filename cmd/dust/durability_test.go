@@ -37,7 +37,7 @@ type serveProc struct {
 func startServe(t *testing.T, bin, data string) *serveProc {
 	t.Helper()
 	p := &serveProc{app: freeAddr(t), admin: freeAddr(t)}
-	p.cmd = exec.Command(bin, "serve", "-data", data, "-listen", p.app, "-admin", p.admin, "-pool-floor", "0")
+	p.cmd = exec.Command(bin, "serve", "-data", data, "-listen", p.app, "-admin", p.admin, "-pool-floor", "1")
 	out, _ := p.cmd.StdoutPipe()
 	p.cmd.Stderr = io.Discard
 	if err := p.cmd.Start(); err != nil {
@@ -140,5 +140,80 @@ func TestKill9DuringDeploys(t *testing.T) {
 		if strings.HasPrefix(e.Name(), ".upload") {
 			t.Errorf("half-written image left behind: %s", e.Name())
 		}
+	}
+}
+
+// kill -9 under load and during a graceful shutdown: on restart every app
+// is there and serves, and the store opens cleanly.
+func TestKill9DuringLoadAndShutdown(t *testing.T) {
+	kvmtest.Require(t)
+	if testing.Short() {
+		t.Skip("spawns servers: skipped with -short")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "dust")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	hello, err := os.ReadFile(example(t, "hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := filepath.Join(dir, "data")
+	p := startServe(t, bin, data)
+	if code, err := p.deploy(hello); err != nil || code != 200 {
+		t.Fatalf("deploy: %d %v", code, err)
+	}
+	for _, phase := range []string{"load", "shutdown"} {
+		// Keep requests in flight, then kill.
+		stop := make(chan struct{})
+		served := make(chan int)
+		go func() {
+			n := 0
+			defer func() { served <- n }()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				resp, err := http.Get("http://" + p.app + "/app")
+				if err != nil {
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				n++
+			}
+		}()
+		for i := 0; i < 20; i++ { // some requests land before the kill
+			resp, err := http.Get("http://" + p.app + "/app")
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		if phase == "shutdown" {
+			p.cmd.Process.Signal(syscall.SIGTERM) // a graceful shutdown starts...
+		}
+		p.cmd.Process.Signal(syscall.SIGKILL) // ...and is cut short
+		p.cmd.Wait()
+		close(stop)
+		<-served
+		p = startServe(t, bin, data)
+		resp, err := http.Get("http://" + p.app + "/app")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(body) != "Hello, world!\n" {
+			t.Fatalf("after kill -9 during %s: %d %q", phase, resp.StatusCode, body)
+		}
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := p.cmd.Wait(); err != nil {
+		t.Fatalf("graceful shutdown: %v", err)
 	}
 }
