@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -215,5 +216,63 @@ func TestKill9DuringLoadAndShutdown(t *testing.T) {
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	if err := p.cmd.Wait(); err != nil {
 		t.Fatalf("graceful shutdown: %v", err)
+	}
+}
+
+// `dust serve -user nobody`: the server drops root after opening /dev/kvm
+// and binding, and still deploys and serves fresh VMs.
+func TestServeDropsRoot(t *testing.T) {
+	kvmtest.Require(t)
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to drop it")
+	}
+	if _, err := user.Lookup("nobody"); err != nil {
+		t.Skip("no nobody account")
+	}
+	dir := t.TempDir()
+	// nobody must be able to reach the data directory.
+	os.Chmod(filepath.Dir(dir), 0o755)
+	os.Chmod(dir, 0o755)
+	bin := filepath.Join(dir, "dust")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	data := filepath.Join(dir, "data")
+	p := &serveProc{app: freeAddr(t), admin: freeAddr(t)}
+	p.cmd = exec.Command(bin, "serve", "-user", "nobody", "-data", data, "-listen", p.app, "-admin", p.admin)
+	out, _ := p.cmd.StdoutPipe()
+	p.cmd.Stderr = io.Discard
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		p.cmd.Wait()
+	}()
+	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || !strings.Contains(line, "serving apps") {
+		t.Fatalf("dust serve did not start: %q %v", line, err)
+	}
+	go io.Copy(io.Discard, out)
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(status), "\nUid:\t65534\t65534\t65534\t65534\n") {
+		t.Fatalf("server still privileged:\n%s", status)
+	}
+	tok, _ := os.ReadFile(filepath.Join(data, "admin.token"))
+	p.token = strings.TrimSpace(string(tok))
+	hello, _ := os.ReadFile(example(t, "hello"))
+	if code, err := p.deploy(hello); err != nil || code != 200 {
+		t.Fatalf("deploy as nobody: %d %v", code, err)
+	}
+	resp, err := http.Get("http://" + p.app + "/app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != "Hello, world!\n" {
+		t.Fatalf("served as nobody: %d %q", resp.StatusCode, body)
 	}
 }
