@@ -518,3 +518,41 @@ func appendS64(b []byte, v int64) []byte {
 		b = append(b, c|0x80)
 	}
 }
+
+// checkCounts refuses a module whose vector counts claim more entries than
+// the bytes that follow could hold (every entry takes at least one byte).
+// A compiler may size its tables from such a count before noticing the
+// lie: a 15-byte module claiming 800 million imports must not cost the
+// host gigabytes at deploy. A wrong magic or version is left to the
+// compiler, whose message (and the component hint) users know; a section
+// running past the end is refused here for the same reason as a lying count.
+func checkCounts(b []byte) error {
+	if !bytes.HasPrefix(b, wasmHeader) {
+		return nil
+	}
+	m, err := parseBinary(b)
+	if err != nil {
+		return err
+	}
+	for _, s := range m.sections {
+		switch s.id {
+		case secCustom:
+			continue
+		case secDataCount:
+			r := &reader{b: s.body}
+			if n := r.u32(); r.err == nil && int64(n) > int64(len(b)) {
+				return fmt.Errorf("%w: data count %d exceeds the module's %d bytes", errMalformed, n, len(b))
+			}
+			continue
+		}
+		if s.id == secStart {
+			continue
+		}
+		r := &reader{b: s.body}
+		n := r.u32()
+		if r.err == nil && int64(n) > int64(len(s.body)-r.off) {
+			return fmt.Errorf("%w: section %d claims %d entries in %d bytes", errMalformed, s.id, n, len(s.body)-r.off)
+		}
+	}
+	return nil
+}

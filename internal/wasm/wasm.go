@@ -164,6 +164,9 @@ func Prepare(image []byte, limits machine.Limits, o Options) (*Image, error) {
 func (im *Image) Reactor() (bool, int) { return im.reactor, im.snapshotBytes }
 
 func (im *Image) compile(ctx context.Context, image []byte) error {
+	if err := checkCounts(image); err != nil {
+		return fmt.Errorf("%w: %v", machine.ErrBadImage, err)
+	}
 	compiled, err := im.rt.CompileModule(ctx, image)
 	if err != nil {
 		return fmt.Errorf("%w: %s%v", machine.ErrBadImage, componentHint(image), err)
