@@ -22,13 +22,7 @@ func TestHostileClients(t *testing.T) {
 	if testing.Short() {
 		t.Skip("attacks take a while: skipped with -short")
 	}
-	per := time.Second
-	if d := os.Getenv("DUST_ATTACK"); d != "" {
-		var err error
-		if per, err = time.ParseDuration(d); err != nil {
-			t.Fatal(err)
-		}
-	}
+	per := attackDuration(t)
 	ts := startWith(t, t.TempDir(), 500*time.Millisecond)
 	ts.deploy(t, "hello", example(t, "hello"), store.Settings{Route: "/hello", MaxConcurrency: 64})
 	ts.deploy(t, "echo", example(t, "echo"), store.Settings{Route: "/echo"})
@@ -162,30 +156,49 @@ func TestHostileClients(t *testing.T) {
 		stop := make(chan struct{})
 		done := make(chan struct{})
 		go func() { a.run(stop); close(done) }()
-		var good machinetest.Latencies
-		end := time.Now().Add(per)
-		for time.Now().Before(end) {
-			t0 := time.Now()
-			resp, err := client.Get(ts.url + "/hello")
-			if err != nil {
-				t.Errorf("%s: a well-behaved request failed: %v", a.name, err)
-				break
-			}
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != 200 || string(body) != "Hello, world!\n" {
-				t.Errorf("%s: a well-behaved request got %d %q", a.name, resp.StatusCode, body)
-				break
-			}
-			good = append(good, time.Since(t0))
-		}
+		good := wellBehaved(t, client, ts.url+"/hello", per, a.name)
 		close(stop)
 		<-done
-		sortDurations(good)
-		p99 := 0.0
-		if len(good) > 0 {
-			p99 = good.Quantile(0.99)
-		}
-		t.Logf("%-24s %8d %14.0f", a.name, len(good), p99)
+		t.Logf("%-24s %8d %14.0f", a.name, len(good), good.Quantile(0.99))
 	}
+}
+
+// attackDuration is how long each attack lasts: $DUST_ATTACK, default 1s.
+func attackDuration(t *testing.T) time.Duration {
+	d := os.Getenv("DUST_ATTACK")
+	if d == "" {
+		return time.Second
+	}
+	per, err := time.ParseDuration(d)
+	if err != nil {
+		t.Fatalf("DUST_ATTACK=%q: %v", d, err)
+	}
+	return per
+}
+
+// wellBehaved asks url for hello again and again for d, failing t if any
+// answer is not hello, and returns the sorted latencies (at least one).
+func wellBehaved(t *testing.T, client *http.Client, url string, d time.Duration, attack string) machinetest.Latencies {
+	var good machinetest.Latencies
+	end := time.Now().Add(d)
+	for time.Now().Before(end) {
+		t0 := time.Now()
+		resp, err := client.Get(url)
+		if err != nil {
+			t.Errorf("%s: a well-behaved request failed: %v", attack, err)
+			break
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(body) != "Hello, world!\n" {
+			t.Errorf("%s: a well-behaved request got %d %q", attack, resp.StatusCode, body)
+			break
+		}
+		good = append(good, time.Since(t0))
+	}
+	if len(good) == 0 {
+		good = append(good, 0)
+	}
+	sortDurations(good)
+	return good
 }

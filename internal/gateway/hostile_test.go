@@ -4,13 +4,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/dust-run/dust/internal/machine/machinetest"
 	"github.com/dust-run/dust/internal/store"
 )
 
@@ -71,13 +69,7 @@ func TestHostileGuests(t *testing.T) {
 	if testing.Short() {
 		t.Skip("attacks take a while: skipped with -short")
 	}
-	per := time.Second
-	if d := os.Getenv("DUST_ATTACK"); d != "" {
-		var err error
-		if per, err = time.ParseDuration(d); err != nil {
-			t.Fatal(err)
-		}
-	}
+	per := attackDuration(t)
 	ts := start(t, t.TempDir())
 	ts.deploy(t, "hello", example(t, "hello"), store.Settings{Route: "/hello", MaxConcurrency: 64})
 	client := &http.Client{Timeout: 20 * time.Second}
@@ -116,25 +108,12 @@ func TestHostileGuests(t *testing.T) {
 				}
 			}()
 		}
-		var good machinetest.Latencies
-		for time.Now().Before(stop) {
-			code, d, err := get("/hello")
-			if err != nil || code != 200 {
-				t.Errorf("%s: a well-behaved request got %d (%v)", g.name, code, err)
-				break
-			}
-			good = append(good, d)
-		}
+		good := wellBehaved(t, client, ts.url+"/hello", time.Until(stop), g.name)
 		wg.Wait()
 		if bad != "" {
 			t.Errorf("%s: want %d, got %s", g.name, g.status, bad)
 		}
-		sortDurations(good)
-		p99 := 0.0
-		if len(good) > 0 {
-			p99 = good.Quantile(0.99)
-		}
-		t.Logf("%-20s %8d %10d %14.0f", g.name, g.status, attacks, p99)
+		t.Logf("%-20s %8d %10d %14.0f", g.name, g.status, attacks, good.Quantile(0.99))
 	}
 }
 

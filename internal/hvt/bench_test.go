@@ -161,27 +161,7 @@ func staticHello(b *testing.B) string {
 // BenchmarkSustained measures fresh machines per second with creation and
 // destruction included, from as many goroutines as GOMAXPROCS.
 func BenchmarkSustained(b *testing.B) {
-	im := prepare(b, "hello", machine.Limits{Memory: 4 << 20})
-	b.ResetTimer()
-	start := time.Now()
-	b.RunParallel(func(pb *testing.PB) {
-		var out bytes.Buffer
-		for pb.Next() {
-			out.Reset()
-			m, err := im.NewMachine()
-			if err != nil {
-				b.Error(err)
-				return
-			}
-			res := m.Run(context.Background(), &machine.Request{Env: helloEnv}, &out, io.Discard)
-			m.Close()
-			if res.Outcome != machine.Served {
-				b.Error(res.Err())
-				return
-			}
-		}
-	})
-	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "machines/s")
+	machinetest.Sustained(b, prepare(b, "hello", machine.Limits{Memory: 4 << 20}))
 }
 
 // BenchmarkMemoryPerMachine keeps 2,000 hello machines (2 MiB guests) alive

@@ -37,8 +37,10 @@ func SetSeccomp(on bool) { seccompOn.Store(on) }
 // KVM_RUN and KVM_GET_REGS (ioctl, checked by request number below), I/O on
 // the response and request streams the hypercalls touch, and what the Go
 // runtime does on any thread (memory, futexes, signals, clocks, yielding).
+// close is there because a network write that held the last reference to
+// a connection another goroutine closed performs the actual close.
 var vcpuSyscalls = []uintptr{
-	unix.SYS_READ, unix.SYS_WRITE, unix.SYS_READV, unix.SYS_WRITEV,
+	unix.SYS_READ, unix.SYS_WRITE, unix.SYS_READV, unix.SYS_WRITEV, unix.SYS_CLOSE,
 	unix.SYS_FUTEX, unix.SYS_MMAP, unix.SYS_MUNMAP, unix.SYS_MADVISE, unix.SYS_MPROTECT,
 	unix.SYS_RT_SIGRETURN, unix.SYS_RT_SIGPROCMASK, unix.SYS_SIGALTSTACK,
 	unix.SYS_SCHED_YIELD, unix.SYS_NANOSLEEP, unix.SYS_CLOCK_GETTIME, unix.SYS_CLOCK_NANOSLEEP,

@@ -53,25 +53,5 @@ func BenchmarkHello(b *testing.B) {
 // BenchmarkSustained is fresh instances per second from as many
 // goroutines as GOMAXPROCS.
 func BenchmarkSustained(b *testing.B) {
-	im := prepare(b, "hello", machine.Limits{})
-	b.ResetTimer()
-	start := time.Now()
-	b.RunParallel(func(pb *testing.PB) {
-		var out bytes.Buffer
-		for pb.Next() {
-			out.Reset()
-			m, err := im.NewMachine()
-			if err != nil {
-				b.Error(err)
-				return
-			}
-			res := m.Run(context.Background(), &machine.Request{Env: helloEnv}, &out, io.Discard)
-			m.Close()
-			if res.Outcome != machine.Served {
-				b.Error(res.Err())
-				return
-			}
-		}
-	})
-	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "machines/s")
+	machinetest.Sustained(b, prepare(b, "hello", machine.Limits{}))
 }

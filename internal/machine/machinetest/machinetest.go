@@ -245,3 +245,29 @@ func (l Latencies) Quantile(q float64) float64 {
 
 // HelloEnv is a typical CGI environment for benchmark requests.
 var HelloEnv = []string{"GATEWAY_INTERFACE=CGI/1.1", "REQUEST_METHOD=GET", "SCRIPT_NAME=/hello", "PATH_INFO=", "QUERY_STRING=", "SERVER_PROTOCOL=HTTP/1.1", "SERVER_NAME=localhost", "SERVER_PORT=8080", "REMOTE_ADDR=127.0.0.1", "HTTP_HOST=localhost:8080", "HTTP_USER_AGENT=bench"}
+
+// Sustained measures fresh machines per second of img, creation and
+// destruction included, from as many goroutines as GOMAXPROCS, and reports
+// it as machines/s.
+func Sustained(b *testing.B, img machine.Image) {
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		var out bytes.Buffer
+		for pb.Next() {
+			out.Reset()
+			m, err := img.NewMachine()
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			res := m.Run(context.Background(), &machine.Request{Env: HelloEnv}, &out, io.Discard)
+			m.Close()
+			if res.Outcome != machine.Served {
+				b.Error(res.Err())
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "machines/s")
+}
