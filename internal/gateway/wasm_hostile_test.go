@@ -1,0 +1,122 @@
+package gateway
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/dust-run/dust/internal/hvt"
+	"github.com/dust-run/dust/internal/machine"
+	"github.com/dust-run/dust/internal/store"
+	"github.com/dust-run/dust/internal/wasm"
+)
+
+// wasmExample compiles examples/NAME/NAME.c for wasm32-wasi with clang.
+func wasmExample(t *testing.T, name string) []byte {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), name+".wasm")
+	cmd := exec.Command("clang", "--target=wasm32-wasi", "-O2", "-o", out, filepath.Join("../../examples", name, name+".c"))
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		if os.Getenv("DUST_REQUIRE_WASM_TOOLCHAIN") == "1" {
+			t.Fatalf("clang for wasm32-wasi: %v\n%s", err, msg)
+		}
+		t.Skipf("no wasm32-wasi toolchain (apt install clang lld wasi-libc libclang-rt-14-dev-wasm32): %v", err)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestHostileWasmGuests: the wasm kind's adversaries through the same
+// gateway, next to hvt apps, each with its status; the host serves a
+// well-behaved hvt request after each attack.
+func TestHostileWasmGuests(t *testing.T) {
+	dir := t.TempDir()
+	s, err := New(Config{DataDir: dir,
+		Kinds: map[string]machine.Kind{"hvt": hvt.Kind{}, "wasm": wasm.Kind{Options: wasm.Options{NoDiskCache: true}}},
+		Detect: func(b []byte) (string, error) {
+			if bytes.HasPrefix(b, []byte("\x00asm")) {
+				return "wasm", nil
+			}
+			return detect(b)
+		},
+		Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, adm := s.HTTPServers("", "")
+	ts := &testServer{Server: s, pub: pub, adm: adm}
+	lp := listen(t)
+	go pub.Serve(lp)
+	ts.url = "http://" + lp.Addr().String()
+	t.Cleanup(func() { ts.stop() })
+	ts.deploy(t, "hello", example(t, "hello"), store.Settings{Route: "/hello"})
+	// cut: the app's output had reached the client (wasi-libc flushes
+	// stdout at a newline or at exit) before the machine failed, so the
+	// response is cut short rather than replaced by an error status.
+	const cut = -1
+	cases := []struct {
+		example, query string
+		set            store.Settings
+		status         int
+	}{
+		{"trap", "", store.Settings{}, cut}, // it prints "about to trap" first
+		{"trap", "oob", store.Settings{}, cut},
+		{"trap", "div0", store.Settings{}, cut},
+		{"loop", "", store.Settings{Timeout: 100 * time.Millisecond}, 504},
+		{"oom", "", store.Settings{Memory: 8 << 20}, cut},
+		{"logflood", "", store.Settings{}, cut},
+		{"exitcode", "", store.Settings{}, 200},
+		{"counter", "", store.Settings{}, 200},
+	}
+	for i, c := range cases {
+		name := fmt.Sprintf("w%d-%s", i, c.example)
+		c.set.Route = "/" + name
+		ts.deploy(t, name, wasmExample(t, c.example), c.set)
+		for r := 0; r < 3; r++ {
+			code, body, err := fetch(ts.url + c.set.Route + "?" + c.query)
+			switch {
+			case c.status == cut:
+				if err == nil {
+					t.Errorf("%s: a complete %d response, want a cut one (%q)", c.example, code, body)
+				}
+			case err != nil || code != c.status:
+				t.Errorf("%s?%s: %d %v, want %d (%q)", c.example, c.query, code, err, c.status, body)
+			}
+			if c.example == "counter" && body != "counter=1 heap=1\n" {
+				t.Errorf("counter: %q", body)
+			}
+		}
+		if resp, body := get(t, "GET", ts.url+"/hello", nil); resp.StatusCode != 200 || body != "Hello, world!\n" {
+			t.Fatalf("hello after %s: %d %q", c.example, resp.StatusCode, body)
+		}
+	}
+}
+
+func listen(t *testing.T) net.Listener {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// fetch GETs url and reports a transfer cut short as an error.
+func fetch(url string) (int, string, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
