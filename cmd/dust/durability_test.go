@@ -79,11 +79,7 @@ func TestKill9DuringDeploys(t *testing.T) {
 	if testing.Short() {
 		t.Skip("spawns servers: skipped with -short")
 	}
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "dust")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	dir, bin := buildDust(t)
 	// Versions differ by their answer: "v<N>".
 	versions := make([][]byte, 6)
 	for i := range versions {
@@ -151,11 +147,7 @@ func TestKill9DuringLoadAndShutdown(t *testing.T) {
 	if testing.Short() {
 		t.Skip("spawns servers: skipped with -short")
 	}
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "dust")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	dir, bin := buildDust(t)
 	hello, err := os.ReadFile(example(t, "hello"))
 	if err != nil {
 		t.Fatal(err)
@@ -229,14 +221,10 @@ func TestServeDropsRoot(t *testing.T) {
 	if _, err := user.Lookup("nobody"); err != nil {
 		t.Skip("no nobody account")
 	}
-	dir := t.TempDir()
+	dir, bin := buildDust(t)
 	// nobody must be able to reach the data directory.
 	os.Chmod(filepath.Dir(dir), 0o755)
 	os.Chmod(dir, 0o755)
-	bin := filepath.Join(dir, "dust")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
 	data := filepath.Join(dir, "data")
 	p := &serveProc{app: freeAddr(t), admin: freeAddr(t)}
 	p.cmd = exec.Command(bin, "serve", "-user", "nobody", "-data", data, "-listen", p.app, "-admin", p.admin)
@@ -275,4 +263,15 @@ func TestServeDropsRoot(t *testing.T) {
 	if resp.StatusCode != 200 || string(body) != "Hello, world!\n" {
 		t.Fatalf("served as nobody: %d %q", resp.StatusCode, body)
 	}
+}
+
+// buildDust builds this command into a temporary directory.
+func buildDust(t *testing.T) (dir, bin string) {
+	t.Helper()
+	dir = t.TempDir()
+	bin = filepath.Join(dir, "dust")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return dir, bin
 }
