@@ -148,3 +148,14 @@ func TestRunWasm(t *testing.T) {
 		t.Errorf("component: exit %d, %s", code, errOut)
 	}
 }
+
+func TestIsLoopback(t *testing.T) {
+	for addr, want := range map[string]bool{
+		"127.0.0.1:8081": true, "[::1]:8081": true, "localhost:8081": true, "127.9.9.9:1": true,
+		"0.0.0.0:8081": false, ":8081": false, "10.0.0.1:8081": false, "[::]:8081": false, "example.com:80": false, "garbage": false,
+	} {
+		if got := isLoopback(addr); got != want {
+			t.Errorf("isLoopback(%q) = %v, want %v", addr, got, want)
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dust-run/dust/internal/machine/machinetest"
 	"github.com/dust-run/dust/internal/store"
 )
 
@@ -87,6 +88,8 @@ func TestHostileGuests(t *testing.T) {
 		img := guest(t, fmt.Sprintf(hostilePrelude, g.body))
 		ts.deploy(t, g.name, img, store.Settings{Route: "/" + g.name, Timeout: 100 * time.Millisecond, Memory: 4 << 20, MaxConcurrency: 32})
 	}
+	fds0, threads0 := machinetest.HostUsage(t)
+	ready0, rss0 := ts.readyMachines(), rssKiB(t)
 	t.Logf("%-20s %8s %10s %14s", "attack", "status", "attacks", "good p99 µs")
 	for _, g := range hostileGuests {
 		stop := time.Now().Add(per)
@@ -115,6 +118,20 @@ func TestHostileGuests(t *testing.T) {
 		}
 		t.Logf("%-20s %8d %10d %14.0f", g.name, g.status, attacks, good.Quantile(0.99))
 	}
+	// Idle pools shrink to the floor (0 here) five seconds after their
+	// traffic stops; then the host must be back where it started, but for
+	// at most 64 idle vCPU worker threads kept on purpose.
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for deadline := time.Now().Add(15 * time.Second); ts.readyMachines() > ready0 && time.Now().Before(deadline); {
+		<-tick.C
+	}
+	fds1, threads1 := machinetest.HostUsage(t)
+	rss1 := rssKiB(t)
+	if fds1 > fds0+16 || threads1 > threads0+64+16 || rss1 > rss0+128<<10 {
+		t.Errorf("after the attacks: fds %d→%d, threads %d→%d, RSS %d→%d MiB", fds0, fds1, threads0, threads1, rss0>>10, rss1>>10)
+	}
+	t.Logf("after all attacks and idle pools drained: fds %d→%d, threads %d→%d, RSS %d→%d MiB", fds0, fds1, threads0, threads1, rss0>>10, rss1>>10)
 }
 
 // Reading uninitialised memory for the previous request's data, through

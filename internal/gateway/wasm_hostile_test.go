@@ -14,6 +14,7 @@ import (
 
 	"github.com/dust-run/dust/internal/hvt"
 	"github.com/dust-run/dust/internal/machine"
+	"github.com/dust-run/dust/internal/machine/machinetest"
 	"github.com/dust-run/dust/internal/store"
 	"github.com/dust-run/dust/internal/wasm"
 )
@@ -21,8 +22,23 @@ import (
 // wasmExample compiles examples/NAME/NAME.c for wasm32-wasi with clang.
 func wasmExample(t *testing.T, name string) []byte {
 	t.Helper()
+	return wasmCompile(t, name, filepath.Join("../../examples", name, name+".c"))
+}
+
+// wasmSource compiles C source text for wasm32-wasi.
+func wasmSource(t *testing.T, name, src string) []byte {
+	t.Helper()
+	c := filepath.Join(t.TempDir(), name+".c")
+	if err := os.WriteFile(c, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return wasmCompile(t, name, c)
+}
+
+func wasmCompile(t *testing.T, name, src string) []byte {
+	t.Helper()
 	out := filepath.Join(t.TempDir(), name+".wasm")
-	cmd := exec.Command("clang", "--target=wasm32-wasi", "-O2", "-o", out, filepath.Join("../../examples", name, name+".c"))
+	cmd := exec.Command("clang", "--target=wasm32-wasi", "-O2", "-o", out, src)
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		if os.Getenv("DUST_REQUIRE_WASM_TOOLCHAIN") == "1" {
 			t.Fatalf("clang for wasm32-wasi: %v\n%s", err, msg)
@@ -64,11 +80,12 @@ func TestHostileWasmGuests(t *testing.T) {
 	// stdout at a newline or at exit) before the machine failed, so the
 	// response is cut short rather than replaced by an error status.
 	const cut = -1
-	cases := []struct {
+	type wasmCase struct {
 		example, query string
 		set            store.Settings
 		status         int
-	}{
+	}
+	cases := []wasmCase{
 		{"trap", "", store.Settings{}, cut}, // it prints "about to trap" first
 		{"trap", "oob", store.Settings{}, cut},
 		{"trap", "div0", store.Settings{}, cut},
@@ -78,10 +95,28 @@ func TestHostileWasmGuests(t *testing.T) {
 		{"exitcode", "", store.Settings{}, 200},
 		{"counter", "", store.Settings{}, 200},
 	}
+	// Adversaries without an example of their own: a storm of host calls
+	// (the wasm exit storm), and clock timing (the wasm rdtsc).
+	sources := map[string]string{
+		"callstorm": "#include <time.h>\nint main(void){struct timespec ts; for(;;) clock_gettime(CLOCK_MONOTONIC, &ts);}\n",
+		"timing":    "#include <stdio.h>\n#include <time.h>\nint main(void){struct timespec a,b; clock_gettime(CLOCK_MONOTONIC,&a); clock_gettime(CLOCK_MONOTONIC,&b); printf(\"Content-Type: text/plain\\n\\n%ld\\n\", (long)(b.tv_nsec-a.tv_nsec)); return 0;}\n",
+	}
+	cases = append(cases,
+		wasmCase{"callstorm", "", store.Settings{Timeout: 100 * time.Millisecond}, 504},
+		wasmCase{"timing", "", store.Settings{}, 200},
+		wasmCase{"flood", "", store.Settings{Timeout: 200 * time.Millisecond}, cut},
+	)
+	fds0, threads0 := machinetest.HostUsage(t)
 	for i, c := range cases {
 		name := fmt.Sprintf("w%d-%s", i, c.example)
 		c.set.Route = "/" + name
-		ts.deploy(t, name, wasmExample(t, c.example), c.set)
+		img := func() []byte {
+			if src, ok := sources[c.example]; ok {
+				return wasmSource(t, c.example, src)
+			}
+			return wasmExample(t, c.example)
+		}()
+		ts.deploy(t, name, img, c.set)
 		for r := 0; r < 3; r++ {
 			code, body, err := fetch(ts.url + c.set.Route + "?" + c.query)
 			switch {
@@ -99,6 +134,13 @@ func TestHostileWasmGuests(t *testing.T) {
 		if resp, body := get(t, "GET", ts.url+"/hello", nil); resp.StatusCode != 200 || body != "Hello, world!\n" {
 			t.Fatalf("hello after %s: %d %q", c.example, resp.StatusCode, body)
 		}
+	}
+	// Each deploy added one app with a ready machine or two; nothing else
+	// may stay behind.
+	fds1, threads1 := machinetest.HostUsage(t)
+	ready := ts.readyMachines()
+	if fds1 > fds0+2*ready+16 || threads1 > threads0+ready+16 {
+		t.Errorf("fds %d→%d, threads %d→%d with %d ready machines", fds0, fds1, threads0, threads1, ready)
 	}
 }
 
