@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/dust-run/dust/internal/cgi"
@@ -158,23 +159,8 @@ func (s *Server) serveOn(a *liveApp, w http.ResponseWriter, r *http.Request, id 
 		req.Body = nil
 	}
 
-	rc := http.NewResponseController(w)
-	status := 0
-	var out countingWriter
-	head := r.Method == http.MethodHead
-	parser := cgi.NewParser(0, func(resp *cgi.Response) (io.Writer, error) {
-		h := w.Header()
-		for k, vs := range resp.Header {
-			h[k] = vs
-		}
-		status = resp.Status
-		w.WriteHeader(resp.Status)
-		if head {
-			return io.Discard, nil
-		}
-		out.w = flushWriter{w: w, rc: rc}
-		return &out, nil
-	})
+	hold := &holdWriter{w: w, rc: http.NewResponseController(w), head: r.Method == http.MethodHead}
+	parser := cgi.NewParser(0, hold.start)
 	logw := s.logs.writer(a.name, id)
 	res := m.Run(r.Context(), req, parser, logw)
 	perr := parser.Close()
@@ -182,16 +168,18 @@ func (s *Server) serveOn(a *liveApp, w http.ResponseWriter, r *http.Request, id 
 	s.met.run.WithLabelValues(a.name).Observe(res.RunTime.Seconds())
 	s.met.exits.WithLabelValues(a.name).Add(float64(res.Exits))
 	s.met.bytesIn.WithLabelValues(a.name).Add(float64(in.n))
-	s.met.bytesOut.WithLabelValues(a.name).Add(float64(out.n))
 
-	if parser.HeaderDone() {
-		if res.Outcome != machine.Served {
+	ok := res.Outcome == machine.Served && perr == nil
+	committed := hold.finish(ok)
+	s.met.bytesOut.WithLabelValues(a.name).Add(float64(hold.n))
+	if committed {
+		if !ok {
 			// The response has started: the only honest signal left is to
 			// cut the connection.
 			s.log.Warn("response cut", "request_id", id, "app", a.name, "outcome", res.Outcome.String(), "err", res.Err())
 			panic(http.ErrAbortHandler)
 		}
-		return status, res.Outcome.String()
+		return hold.status(), res.Outcome.String()
 	}
 	var tooLarge *http.MaxBytesError
 	if res.Outcome == machine.Canceled && errors.As(res.Cause, &tooLarge) {
@@ -216,30 +204,121 @@ func (s *Server) busy(w http.ResponseWriter, a *liveApp, id string, err error) (
 	return 499, "client gone while queued"
 }
 
-// flushWriter pushes every chunk the machine writes to the client at once,
-// so responses stream.
-type flushWriter struct {
-	w  io.Writer
-	rc *http.ResponseController
+// holdWriter sits between the CGI parser and the client. It holds the
+// response head and the first body bytes until holdBytes have accumulated,
+// holdTime has passed since the head, or the machine ended well; only then
+// does the client see a status. A machine that fails within that window
+// therefore gets a clean 502/504 instead of a response cut short, which
+// matters most for programs whose stdio flushes at every newline (wasi-libc).
+// After it commits, every chunk is passed on and flushed at once, so long
+// responses still stream.
+type holdWriter struct {
+	w    http.ResponseWriter
+	rc   *http.ResponseController
+	head bool
+
+	mu        sync.Mutex
+	resp      *cgi.Response
+	buf       []byte
+	committed bool
+	dead      bool // finish ran: the timer must not commit any more
+	timer     *time.Timer
+	werr      error
+	n         int64
 }
 
-func (f flushWriter) Write(b []byte) (int, error) {
-	n, err := f.w.Write(b)
-	if err == nil {
-		err = f.rc.Flush()
+const (
+	holdBytes = 16 << 10
+	holdTime  = 10 * time.Millisecond
+)
+
+// start is the parser's onHeader callback.
+func (h *holdWriter) start(resp *cgi.Response) (io.Writer, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.resp = resp
+	h.timer = time.AfterFunc(holdTime, func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if !h.dead {
+			h.commitLocked()
+		}
+	})
+	return h, nil
+}
+
+func (h *holdWriter) Write(b []byte) (int, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.werr != nil {
+		return 0, h.werr
 	}
-	return n, err
+	if !h.committed {
+		h.buf = append(h.buf, b...)
+		if len(h.buf) >= holdBytes {
+			h.commitLocked()
+		}
+		return len(b), h.werr
+	}
+	h.send(b)
+	return len(b), h.werr
 }
 
-type countingWriter struct {
-	w io.Writer
-	n int64
+// commitLocked sends the head and the held bytes.
+func (h *holdWriter) commitLocked() {
+	if h.committed {
+		return
+	}
+	h.committed = true
+	hdr := h.w.Header()
+	for k, vs := range h.resp.Header {
+		hdr[k] = vs
+	}
+	h.w.WriteHeader(h.resp.Status)
+	h.send(h.buf)
+	h.buf = nil
 }
 
-func (c *countingWriter) Write(b []byte) (int, error) {
-	n, err := c.w.Write(b)
-	c.n += int64(n)
-	return n, err
+func (h *holdWriter) send(b []byte) {
+	if h.head || h.werr != nil {
+		return
+	}
+	if len(b) > 0 {
+		n, err := h.w.Write(b)
+		h.n += int64(n)
+		if err != nil {
+			h.werr = err
+			return
+		}
+	}
+	if err := h.rc.Flush(); err != nil {
+		h.werr = err
+	}
+}
+
+// finish ends the hold when the machine is done: on success what was held
+// goes out; on failure it is dropped if nothing was sent yet. It reports
+// whether the client has received a status line.
+func (h *holdWriter) finish(ok bool) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.dead = true
+	if h.timer != nil {
+		h.timer.Stop()
+	}
+	if ok && h.resp != nil {
+		h.commitLocked()
+	}
+	return h.committed
+}
+
+func (h *holdWriter) status() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.resp == nil {
+		return 0
+	}
+	return h.resp.Status
 }
 
 type countingReader struct {
