@@ -45,6 +45,10 @@ type Config struct {
 	// ReadHeaderTimeout bounds how long a client may take to send its
 	// request header (default 5s): slowloris clients are cut off.
 	ReadHeaderTimeout time.Duration
+	// HoldTime is how long a response's head is held back, at most, in
+	// case the machine fails right after writing it (default 10ms; see
+	// holdWriter).
+	HoldTime time.Duration
 }
 
 // App defaults, used when a deploy does not set them.
@@ -73,6 +77,9 @@ func (c *Config) defaults() {
 	}
 	if c.MaxHeaderBytes <= 0 {
 		c.MaxHeaderBytes = 64 << 10
+	}
+	if c.HoldTime <= 0 {
+		c.HoldTime = 10 * time.Millisecond
 	}
 	if c.ReadHeaderTimeout <= 0 {
 		c.ReadHeaderTimeout = 5 * time.Second

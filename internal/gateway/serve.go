@@ -159,7 +159,7 @@ func (s *Server) serveOn(a *liveApp, w http.ResponseWriter, r *http.Request, id 
 		req.Body = nil
 	}
 
-	hold := &holdWriter{w: w, rc: http.NewResponseController(w), head: r.Method == http.MethodHead}
+	hold := &holdWriter{w: w, rc: http.NewResponseController(w), head: r.Method == http.MethodHead, wait: s.cfg.HoldTime}
 	parser := cgi.NewParser(0, hold.start)
 	logw := s.logs.writer(a.name, id)
 	res := m.Run(r.Context(), req, parser, logw)
@@ -206,7 +206,7 @@ func (s *Server) busy(w http.ResponseWriter, a *liveApp, id string, err error) (
 
 // holdWriter sits between the CGI parser and the client. It holds the
 // response head and the first body bytes until holdBytes have accumulated,
-// holdTime has passed since the head, or the machine ended well; only then
+// Config.HoldTime has passed since the head, or the machine ended well; only then
 // does the client see a status. A machine that fails within that window
 // therefore gets a clean 502/504 instead of a response cut short, which
 // matters most for programs whose stdio flushes at every newline (wasi-libc).
@@ -216,6 +216,7 @@ type holdWriter struct {
 	w    http.ResponseWriter
 	rc   *http.ResponseController
 	head bool
+	wait time.Duration // holdTime
 
 	mu        sync.Mutex
 	resp      *cgi.Response
@@ -227,17 +228,15 @@ type holdWriter struct {
 	n         int64
 }
 
-const (
-	holdBytes = 16 << 10
-	holdTime  = 10 * time.Millisecond
-)
+// holdBytes is how much output is held back at most.
+const holdBytes = 16 << 10
 
 // start is the parser's onHeader callback.
 func (h *holdWriter) start(resp *cgi.Response) (io.Writer, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.resp = resp
-	h.timer = time.AfterFunc(holdTime, func() {
+	h.timer = time.AfterFunc(h.wait, func() {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		if !h.dead {
