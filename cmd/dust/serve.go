@@ -1,6 +1,9 @@
 package main
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -178,22 +181,25 @@ func deployDemo(srv *gateway.Server, dir, addr string, stdout io.Writer, log *sl
 		}
 		apps = append(apps, demoApp{n + "-wasm", filepath.Join(dir, n, n+".wasm"), "/wasm/" + n})
 	}
-	apps = append(apps, demoApp{"go-hello", filepath.Join(dir, "go-hello", "go-hello.wasm"), "/wasm/go-hello"})
+	apps = append(apps, demoApp{"go-hello", filepath.Join(dir, "go-hello", "go-hello.wasm"), "/wasm/go-hello"},
+		demoApp{"go-fast-hello", filepath.Join(dir, "go-fast-hello", "go-fast-hello.wasm"), "/wasm/go-fast-hello"})
 	if kvmErr != nil {
 		log.Warn("KVM unavailable: deploying only the wasm examples", "err", kvmErr)
 	}
 	fmt.Fprintln(stdout, "dust: demo apps")
 	for _, a := range apps {
-		f, err := os.Open(a.file)
+		img, err := os.ReadFile(a.file)
 		if err != nil {
-			log.Warn("demo app not built (run `make examples`)", "app", a.name, "file", a.file)
+			log.Warn("demo app not built (run `make examples wasm-examples`)", "app", a.name, "file", a.file)
 			continue
 		}
-		_, err = srv.Deploy(a.name, f, store.Settings{Route: a.route})
-		f.Close()
-		if err != nil {
-			log.Error("demo deploy failed", "app", a.name, "err", err)
-			continue
+		// A restart with the same examples keeps the versions it has.
+		sum := sha256.Sum256(img)
+		if cur, err := srv.Store().Get(a.name); err != nil || cur.Current.Digest != "sha256:"+hex.EncodeToString(sum[:]) {
+			if _, err := srv.Deploy(a.name, bytes.NewReader(img), store.Settings{Route: a.route}); err != nil {
+				log.Error("demo deploy failed", "app", a.name, "err", err)
+				continue
+			}
 		}
 		fmt.Fprintf(stdout, "  %-12s curl -s http://%s%s/anything?x=1 -d 'hello'\n", a.name, addr, a.route)
 	}
