@@ -143,21 +143,14 @@ func (s *Server) serveOn(a *liveApp, w http.ResponseWriter, r *http.Request, id 
 		a.pool.Release(m)
 	}()
 
-	creq := cgi.FromHTTP(r, a.set.Route)
-	if a.set.Route == "/" {
-		creq = cgi.FromHTTP(r, "")
-	}
+	creq := cgi.FromHTTP(r, a.set.Route) // "/" becomes an empty SCRIPT_NAME
 	creq.AppEnv = a.set.Env
 	creq.PassAuthorization = a.set.PassAuthorization
-	var body io.Reader = http.MaxBytesReader(w, r.Body, a.set.MaxBody)
-	if r.ContentLength == 0 {
-		body = nil
+	in := &countingReader{} // no body: reads as EOF
+	if r.ContentLength != 0 {
+		in.r = http.MaxBytesReader(w, r.Body, a.set.MaxBody)
 	}
-	in := &countingReader{r: body}
 	req := &machine.Request{Args: creq.Args(), Env: creq.Env(), Body: in, BodyLen: r.ContentLength}
-	if body == nil {
-		req.Body = nil
-	}
 
 	hold := &holdWriter{w: w, rc: http.NewResponseController(w), head: r.Method == http.MethodHead, wait: s.cfg.HoldTime}
 	parser := cgi.NewParser(0, hold.start)

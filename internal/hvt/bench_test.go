@@ -40,39 +40,20 @@ func BenchmarkHello(b *testing.B) {
 	b.Run("hvt-pool", func(b *testing.B) {
 		// A pool of pre-created, never-used machines; destruction on
 		// background workers. Per request: take, run, hand back.
-		pool := machine.NewPool(im, machine.PoolOptions{Size: 16})
-		defer pool.Close()
-		waitReady(pool, 16)
-		var out bytes.Buffer
-		lat := make(latencies, 0, b.N)
-		b.ResetTimer()
-		for i := 0; i < b.N; i++ {
-			out.Reset()
-			t0 := time.Now()
-			res, err := pool.Do(context.Background(), &machine.Request{Env: helloEnv}, &out, io.Discard)
-			lat = append(lat, time.Since(t0))
-			if err != nil {
-				b.Fatal(err)
-			}
-			check(b, res, out.Bytes())
-		}
-		b.StopTimer()
-		lat.Report(b)
-		st := pool.Stats()
-		b.ReportMetric(float64(st.Hits)/float64(st.Hits+st.Misses)*100, "pool-hit-%")
+		poolBench(b, im, check, 0)
 	})
 	b.Run("hvt-pool-500rps-no-seccomp", func(b *testing.B) {
 		// The same without the vCPU-thread filter, which also skips the
 		// hop to a worker thread: what the filter costs per request.
 		SetSeccomp(false)
 		defer SetSeccomp(true)
-		pacedPool(b, im, check)
+		poolBench(b, im, check, 2*time.Millisecond)
 	})
 	b.Run("hvt-pool-500rps", func(b *testing.B) {
 		// The same, with requests arriving every 2 ms (500/s, within what
 		// the pool refills on 2 cores) instead of back to back: the
 		// latency a request sees when a prepared machine is waiting.
-		pacedPool(b, im, check)
+		poolBench(b, im, check, 2*time.Millisecond)
 	})
 	b.Run("hvt-cold", func(b *testing.B) {
 		// No pool: create, run and destroy on the request path.
@@ -271,19 +252,26 @@ func BenchmarkBreakdown(b *testing.B) {
 	b.ReportMetric(float64(exits)/float64(b.N), "exits/request")
 }
 
-// pacedPool serves a request every 2 ms from a pool of 16 prepared
-// machines and reports the latency distribution and pool hit rate.
-func pacedPool(b *testing.B, im *Image, check func(*testing.B, machine.Result, []byte)) {
+// poolBench serves requests from a pool of 16 prepared machines, one every
+// `every` (back to back when 0), and reports the latency distribution and
+// pool hit rate.
+func poolBench(b *testing.B, im *Image, check func(*testing.B, machine.Result, []byte), every time.Duration) {
 	pool := machine.NewPool(im, machine.PoolOptions{Size: 16})
 	defer pool.Close()
 	waitReady(pool, 16)
-	tick := time.NewTicker(2 * time.Millisecond)
-	defer tick.Stop()
+	var tick <-chan time.Time
+	if every > 0 {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		tick = t.C
+	}
 	var out bytes.Buffer
 	lat := make(latencies, 0, b.N)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		<-tick.C
+		if tick != nil {
+			<-tick
+		}
 		out.Reset()
 		t0 := time.Now()
 		res, err := pool.Do(context.Background(), &machine.Request{Env: helloEnv}, &out, io.Discard)

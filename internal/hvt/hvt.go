@@ -64,12 +64,11 @@ type Image struct {
 	elf    *elfImage
 	memfd  int
 
-	warmOn    bool
-	warmPages int
-	tsize     uintptr
-	sregs     kvm.Sregs
-	regs      kvm.Regs
-	cpuid     []byte
+	warmOn bool
+	tsize  uintptr
+	sregs  kvm.Sregs
+	regs   kvm.Regs
+	cpuid  []byte
 
 	mu     sync.Mutex
 	closed bool
@@ -135,14 +134,9 @@ func (im *Image) setWarmList(list []uint64) error {
 	if _, err := unix.Pwrite(im.memfd, b, warmList); err != nil {
 		return fmt.Errorf("hvt: template warm list: %w", err)
 	}
-	im.warmPages = len(list)
 	im.warmOn = true
 	return nil
 }
-
-// WarmPages is how many guest pages each machine touches before its
-// request (see warm.go).
-func (im *Image) WarmPages() int { return im.warmPages }
 
 // writeTemplate stores the template in a sealed memfd. Only non-zero pages
 // are written, so the template's own footprint is the image, not the

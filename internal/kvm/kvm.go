@@ -10,7 +10,6 @@ package kvm
 import (
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"unsafe"
 
@@ -282,11 +281,4 @@ func ioctl(fd int, req, arg uintptr) (int, error) {
 		}
 		return int(r), e
 	}
-}
-
-// DevicePresent reports whether a KVM device node exists, to tell "no KVM
-// on this machine" (tests skip) from "KVM present but broken" (tests fail).
-func DevicePresent() bool {
-	_, err := os.Stat("/dev/kvm")
-	return err == nil
 }

@@ -56,11 +56,13 @@ func haveWasiToolchain() bool {
 	return cmd.Run() == nil
 }
 
-// buildGo builds a wasip1 program from a directory of this package.
-func buildGo(t testing.TB, dir string) []byte {
+// buildGo builds a wasip1 program from a directory of this package, with
+// extra go build flags (e.g. -buildmode=c-shared for a reactor).
+func buildGo(t testing.TB, dir string, flags ...string) []byte {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "prog.wasm")
-	cmd := exec.Command("go", "build", "-o", out, "./"+dir)
+	args := append(append([]string{"build"}, flags...), "-o", out, "./"+dir)
+	cmd := exec.Command("go", args...)
 	cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("building %s: %v\n%s", dir, err, msg)

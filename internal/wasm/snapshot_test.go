@@ -5,9 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"math"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -278,17 +275,7 @@ func FuzzParseBinary(f *testing.F) {
 // buildReactor builds a wasip1 reactor from a directory of this package.
 func buildReactor(t testing.TB, dir string) []byte {
 	t.Helper()
-	out := filepath.Join(t.TempDir(), "prog.wasm")
-	cmd := exec.Command("go", "build", "-buildmode=c-shared", "-o", out, "./"+dir)
-	cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
-	if msg, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building %s: %v\n%s", dir, err, msg)
-	}
-	b, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return buildGo(t, dir, "-buildmode=c-shared")
 }
 
 // The snapshot is taken before any request, so each request starts from
