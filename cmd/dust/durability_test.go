@@ -35,10 +35,10 @@ type serveProc struct {
 	token      string
 }
 
-func startServe(t *testing.T, bin, data string) *serveProc {
+func startServe(t *testing.T, bin, data string, flags ...string) *serveProc {
 	t.Helper()
 	p := &serveProc{app: freeAddr(t), admin: freeAddr(t)}
-	p.cmd = exec.Command(bin, "serve", "-data", data, "-listen", p.app, "-admin", p.admin, "-pool-floor", "1")
+	p.cmd = exec.Command(bin, append([]string{"serve", "-data", data, "-listen", p.app, "-admin", p.admin, "-pool-floor", "1"}, flags...)...)
 	out, _ := p.cmd.StdoutPipe()
 	p.cmd.Stderr = io.Discard
 	if err := p.cmd.Start(); err != nil {

@@ -77,6 +77,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	maxLive := fs.Int("max-live", 256, "global cap on live machines")
 	floor := fs.Int("pool-floor", 1, "ready machines an idle app keeps (0: scale to zero)")
+	perClient := fs.Int("max-per-client", 1024, "requests one client address may have in the gateway at once (-1: no cap)")
 	runAs := fs.String("user", "", "after binding the listeners and opening /dev/kvm, run as this `account` (the data directory is handed to it)")
 	seccomp := fs.Bool("seccomp", true, "run hvt vCPUs on worker threads under a seccomp filter (off saves ≈ 45 µs per request on nested KVM)")
 	if err := fs.Parse(args); err != nil {
@@ -132,7 +133,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	}
 	srv, err := gateway.New(gateway.Config{
 		DataDir: *data, Kinds: allKinds(), Detect: detectKind, Logger: log,
-		MaxLive: *maxLive, PoolFloor: *floor,
+		MaxLive: *maxLive, PoolFloor: *floor, MaxPerClient: *perClient,
 	})
 	if err != nil {
 		lp.Close()
@@ -150,7 +151,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "dust: serving apps on http://%s, admin API and status page on http://%s (token in %s)\n",
 		lp.Addr(), la.Addr(), filepath.Join(*data, gateway.TokenFile))
 	errc := make(chan error, 2)
-	go func() { errc <- pub.Serve(lp) }()
+	go func() { errc <- pub.Serve(gateway.Listener(lp)) }()
 	go func() { errc <- adm.Serve(la) }()
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)

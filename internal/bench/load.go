@@ -78,7 +78,7 @@ func startGateway(a *artifacts, log func(string, ...any)) (*gw, error) {
 		g.close()
 		return nil, err
 	}
-	go pub.Serve(l)
+	go pub.Serve(gateway.Listener(l))
 	g.pub, g.base = pub, "http://"+l.Addr().String()
 	// Queue rather than refuse: a load generator with 256 clients against
 	// an app capped at 16 live machines measures queueing, as users get it.

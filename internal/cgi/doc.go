@@ -48,7 +48,7 @@
 // failure wraps [ErrBadOutput], for which the gateway answers 502 Bad
 // Gateway if [Parser.HeaderDone] is still false. Decisions:
 //
-//   - Status must be three digits in 200..999, optionally followed by a
+//   - Status must be three digits in 200..599, optionally followed by a
 //     space and a reason phrase, which is discarded. 1xx is refused because
 //     a CGI response is a single final response; passing 101 or 103 on
 //     would confuse the gateway's own HTTP server.
@@ -58,9 +58,11 @@
 //     costs a brand-new machine, an internal loop between apps would be
 //     invisible and unbounded, and clients resolve "/path" fine.
 //   - At least one of Content-Type, Location and Status is required.
-//   - Connection, Keep-Alive, Proxy-Connection, Transfer-Encoding, Upgrade
-//     and Trailer are dropped silently: framing and connection management
-//     belong to the gateway's HTTP server, and CGI has no trailers.
+//   - Connection, Keep-Alive, Proxy-Connection, Transfer-Encoding, TE,
+//     Upgrade and Trailer are dropped silently: framing and connection
+//     management belong to the gateway's HTTP server, and CGI has no
+//     trailers. X-Request-Id, Date and Server are dropped too: the gateway
+//     sets them and an app must not be able to make them lie.
 //   - Content-Length is kept if it is a non-negative decimal integer
 //     (repeats must agree), otherwise the output is rejected; the gateway's
 //     HTTP server then enforces it against the body.

@@ -226,6 +226,17 @@ var hopByHop = map[string]bool{
 	"Transfer-Encoding": true,
 	"Upgrade":           true,
 	"Trailer":           true,
+	"Te":                true,
+}
+
+// gatewayOwned are response headers whose values the gateway vouches for:
+// the request id a client quotes in a bug report, the date and server of
+// the response. An app that could set them could make its logs lie or
+// impersonate the gateway, so they are dropped like hop-by-hop headers.
+var gatewayOwned = map[string]bool{
+	"X-Request-Id": true,
+	"Date":         true,
+	"Server":       true,
 }
 
 func (p *Parser) parseLine(line []byte) error {
@@ -288,7 +299,7 @@ func (p *Parser) parseLine(line []byte) error {
 		p.contentLength = v
 		h.Add(key, v)
 	default:
-		if hopByHop[key] {
+		if hopByHop[key] || gatewayOwned[key] {
 			return nil
 		}
 		if key == "Content-Type" {
@@ -339,6 +350,10 @@ func parseStatus(v []byte) (int, string) {
 		return 0, "status code below 100"
 	case code < 200:
 		return 0, "informational (1xx) status not allowed in a CGI response"
+	case code > 599:
+		// RFC 9110 defines 100..599; a client's behaviour on anything
+		// else is undefined, so it never leaves the gateway.
+		return 0, "status code above 599"
 	}
 	return code, ""
 }

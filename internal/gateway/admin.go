@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -26,6 +28,7 @@ func (s *Server) adminMux() http.Handler {
 	// The status page itself holds no data; it asks /v1/status with the
 	// token the user pastes (kept in the URL fragment, never sent).
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		adminDeadlines(w, r)
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'")
 		w.Header().Set("X-Content-Type-Options", "nosniff")
@@ -33,6 +36,7 @@ func (s *Server) adminMux() http.Handler {
 	})
 	auth := func(h http.HandlerFunc) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
+			adminDeadlines(w, r)
 			if !s.checkToken(r) {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="dust"`)
 				writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong bearer token"})
@@ -53,6 +57,26 @@ func (s *Server) adminMux() http.Handler {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such admin endpoint"})
 	}))
 	return mux
+}
+
+// Admin deadlines. An upload may be large and its client far away, but not
+// endless; a response is small. Logs that follow extend their write
+// deadline at every line instead.
+const (
+	adminUploadTimeout = 10 * time.Minute
+	adminWriteTimeout  = 30 * time.Second
+)
+
+// adminDeadlines bounds how long an admin client may take to send its body
+// and to take the response. A read deadline is set only when there is a
+// body: once set it also ends Go's watch for a client that goes away,
+// which a long logs follow needs.
+func adminDeadlines(w http.ResponseWriter, r *http.Request) {
+	rc := http.NewResponseController(w)
+	if r.ContentLength != 0 {
+		rc.SetReadDeadline(time.Now().Add(adminUploadTimeout))
+	}
+	rc.SetWriteDeadline(time.Now().Add(adminWriteTimeout))
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -77,6 +101,8 @@ func adminStatus(err error) int {
 		return http.StatusUnprocessableEntity
 	case errors.Is(err, store.ErrInvalid), errors.Is(err, errBadSetting):
 		return http.StatusBadRequest
+	case errors.Is(err, errUploadTimeout):
+		return http.StatusRequestTimeout
 	}
 	return http.StatusInternalServerError
 }
@@ -162,12 +188,87 @@ func (s *Server) apiDeploy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	app, err := s.Deploy(r.PathValue("name"), http.MaxBytesReader(w, r.Body, s.cfg.MaxImageSize), set)
+	// Preparing may have taken longer than a response should.
+	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(adminWriteTimeout))
 	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			err = fmt.Errorf("%w: the image did not arrive within %v", errUploadTimeout, adminUploadTimeout)
+		}
 		s.apiError(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, app)
 }
+
+var errUploadTimeout = errors.New("upload timeout")
+
+// pin marks an uploaded image as belonging to a deploy in progress, so
+// that removing another deploy's refused upload (or a removed app's
+// images) of the same bytes cannot take it away. It returns the unpin.
+func (s *Server) pin(digest string) func() {
+	s.pinMu.Lock()
+	s.pins[digest]++
+	s.pinMu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.pinMu.Lock()
+			if s.pins[digest]--; s.pins[digest] <= 0 {
+				delete(s.pins, digest)
+			}
+			s.pinMu.Unlock()
+		})
+	}
+}
+
+// dropImages removes the images among digests that no app version uses
+// and no deploy in progress holds: disk is given back at once when an
+// upload is refused or an app removed, not only by the periodic GC.
+func (s *Server) dropImages(digests ...string) {
+	s.pinMu.Lock()
+	var free []string
+	for _, d := range digests {
+		if s.pins[d] == 0 {
+			free = append(free, d)
+		}
+	}
+	// Removing under pinMu: an upload that pins these bytes meanwhile
+	// either pinned first (kept) or finds them gone when it checks.
+	defer s.pinMu.Unlock()
+	removed, err := s.store.RemoveUnreferenced(free...)
+	if err != nil {
+		s.log.Warn("removing unused images", "err", err)
+	}
+	for _, d := range removed {
+		s.log.Info("image removed", "digest", d)
+	}
+}
+
+// collectGarbage runs the store's GC now and then, for images left behind
+// by a crash or by deploys that never finished.
+func (s *Server) collectGarbage() {
+	defer s.poolWG.Done()
+	t := time.NewTicker(gcEvery)
+	defer t.Stop()
+	for {
+		s.pinMu.Lock()
+		removed, err := s.store.GC()
+		s.pinMu.Unlock()
+		if err != nil {
+			s.log.Warn("image gc", "err", err)
+		}
+		if len(removed) > 0 {
+			s.log.Info("image gc", "removed", len(removed))
+		}
+		select {
+		case <-s.stopPool:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+const gcEvery = time.Hour
 
 // Deploy stores image, validates and prepares it, then switches app name to
 // it. Until the switch the previous version keeps serving; if any step
@@ -180,12 +281,40 @@ func (s *Server) Deploy(name string, image io.Reader, set store.Settings) (store
 	if err := set.Validate(); err != nil {
 		return store.App{}, err
 	}
-	s.deployMu.Lock()
-	defer s.deployMu.Unlock()
-	digest, _, err := s.store.PutImage(image, s.cfg.MaxImageSize)
+	// The upload is read and stored before the deploy lock is taken: a
+	// slow uploader must not hold up every other deploy, rollback and rm.
+	digest, unpin, err := s.upload(image)
 	if err != nil {
 		return store.App{}, err
 	}
+	defer unpin()
+	s.deployMu.Lock()
+	defer s.deployMu.Unlock()
+	app, err := s.deployLocked(name, digest, set)
+	if err != nil {
+		unpin()
+		s.dropImages(digest)
+	}
+	return app, err
+}
+
+// upload stores an image and pins it (see pin).
+func (s *Server) upload(image io.Reader) (string, func(), error) {
+	digest, _, err := s.store.PutImage(image, s.cfg.MaxImageSize)
+	if err != nil {
+		return "", nil, err
+	}
+	unpin := s.pin(digest)
+	// A refused deploy of the same bytes may have removed them between
+	// the store's rename and the pin; now that the pin holds, they stay.
+	if _, err := s.store.StatImage(digest); err != nil {
+		unpin()
+		return "", nil, fmt.Errorf("%w: the same image was removed while uploading; deploy again: %w", store.ErrConflict, err)
+	}
+	return digest, unpin, nil
+}
+
+func (s *Server) deployLocked(name, digest string, set store.Settings) (store.App, error) {
 	b, err := s.store.ReadImage(digest, s.cfg.MaxImageSize)
 	if err != nil {
 		return store.App{}, err
@@ -274,9 +403,17 @@ func (s *Server) Rollback(name string) (store.App, error) {
 func (s *Server) apiDelete(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	s.deployMu.Lock()
-	err := s.store.Delete(name)
+	old, err := s.store.Get(name)
+	if err == nil {
+		err = s.store.Delete(name)
+	}
 	if err == nil {
 		s.swap(name, nil)
+		var digests []string
+		for _, v := range old.History {
+			digests = append(digests, v.Digest)
+		}
+		s.dropImages(digests...)
 	}
 	s.deployMu.Unlock()
 	if err != nil {
@@ -331,7 +468,7 @@ func (s *Server) apiStatus(w http.ResponseWriter, r *http.Request) {
 		bounds[i] = "<" + b.String()
 	}
 	bounds[len(histBounds)] = ">=" + histBounds[len(histBounds)-1].String()
-	writeJSON(w, http.StatusOK, map[string]any{"apps": apps, "errors": errs, "buckets": bounds, "live": s.global.live()})
+	writeJSON(w, http.StatusOK, map[string]any{"apps": apps, "errors": errs, "buckets": bounds, "live": s.liveMachines()})
 }
 
 func (s *Server) apiList(w http.ResponseWriter, r *http.Request) {
@@ -397,4 +534,9 @@ func (s *Server) apiLogs(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+}
+
+func (s *Server) liveMachines() int {
+	live, _ := s.global.stats()
+	return live
 }

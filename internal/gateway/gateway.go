@@ -49,6 +49,17 @@ type Config struct {
 	// case the machine fails right after writing it (default 10ms; see
 	// holdWriter).
 	HoldTime time.Duration
+	// FairReserve is how many of the MaxLive slots only apps holding
+	// fewer than FairGuarantee machines may take (defaults MaxLive/4 and
+	// 4): no app's clients can starve the others. See fairGate.
+	FairReserve   int
+	FairGuarantee int
+	// MaxPerClient caps the requests one client address has in the
+	// gateway at once, body reading and queueing included (default 1024;
+	// -1 for no cap). Beyond it: 429.
+	MaxPerClient int
+	// IdleTimeout closes keep-alive connections idle this long (default 30s).
+	IdleTimeout time.Duration
 }
 
 // App defaults, used when a deploy does not set them.
@@ -84,6 +95,18 @@ func (c *Config) defaults() {
 	if c.ReadHeaderTimeout <= 0 {
 		c.ReadHeaderTimeout = 5 * time.Second
 	}
+	if c.FairReserve <= 0 {
+		c.FairReserve = c.MaxLive / 4
+	}
+	if c.FairGuarantee <= 0 {
+		c.FairGuarantee = 4
+	}
+	if c.MaxPerClient == 0 {
+		c.MaxPerClient = 1024
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 30 * time.Second
+	}
 	if c.ShutdownGrace <= 0 {
 		c.ShutdownGrace = 10 * time.Second
 	}
@@ -94,19 +117,22 @@ func (c *Config) defaults() {
 
 // Server is a running gateway.
 type Server struct {
-	cfg    Config
-	log    *slog.Logger
-	store  *store.Store
-	token  string
-	global *gate
-	met    *metrics
-	logs   *logHub
+	cfg     Config
+	log     *slog.Logger
+	store   *store.Store
+	token   string
+	global  *fairGate
+	clients *clientLimiter
+	met     *metrics
+	logs    *logHub
 
 	mu     sync.RWMutex
 	apps   map[string]*liveApp
 	routes []*liveApp // sorted: longest route first, host-specific before any-host
 
 	deployMu sync.Mutex // one deploy/rollback/rm at a time
+	pinMu    sync.Mutex
+	pins     map[string]int // images uploaded by deploys in progress
 	stopPool chan struct{}
 	poolWG   sync.WaitGroup
 
@@ -140,10 +166,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg: cfg, log: cfg.Logger, store: st, token: tok,
-		global:   newGate(cfg.MaxLive, cfg.GlobalQueue),
+		global:   newFairGate(cfg.MaxLive, cfg.GlobalQueue, cfg.FairReserve, cfg.FairGuarantee),
+		clients:  newClientLimiter(cfg.MaxPerClient),
 		met:      newMetrics(),
 		logs:     newLogHub(),
 		apps:     map[string]*liveApp{},
+		pins:     map[string]int{},
 		stopPool: make(chan struct{}),
 	}
 	apps, err := st.List()
@@ -161,8 +189,9 @@ func New(cfg Config) (*Server, error) {
 		s.apps[a.Name] = la
 	}
 	s.rebuildRoutes()
-	s.poolWG.Add(1)
+	s.poolWG.Add(2)
 	go s.sizePools()
+	go s.collectGarbage()
 	return s, nil
 }
 
@@ -279,21 +308,29 @@ func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serveApp) }
 func (s *Server) AdminHandler() http.Handler { return s.adminMux() }
 
 // HTTPServers builds the two http.Servers with the timeouts that keep slow
-// clients from holding connections.
+// clients from holding connections. Serve the app server on Listener(l):
+// without it the gateway cannot see a request's raw head and closes the
+// connection after every chunked request instead of refusing the
+// smuggling ones.
 func (s *Server) HTTPServers(listen, admin string) (*http.Server, *http.Server) {
-	mk := func(addr string, h http.Handler, write time.Duration) *http.Server {
+	mk := func(addr string, h http.Handler) *http.Server {
 		return &http.Server{
 			Addr: addr, Handler: h,
 			ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
-			IdleTimeout:       60 * time.Second,
+			IdleTimeout:       s.cfg.IdleTimeout,
 			MaxHeaderBytes:    s.cfg.MaxHeaderBytes,
-			WriteTimeout:      write,
 			ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+			// "OPTIONS *" must reach the handler like every request, or
+			// the head tap loses count of the connection's requests.
+			DisableGeneralOptionsHandler: true,
 		}
 	}
-	// No WriteTimeout on the app listener: responses stream for as long as
-	// the app's own deadline allows.
-	return mk(listen, s.Handler(), 0), mk(admin, s.AdminHandler(), 0)
+	// No server-wide ReadTimeout or WriteTimeout: each request's own
+	// deadline (its app's timeout) bounds reading its body and writing its
+	// response, set per request in serveApp and the admin handlers.
+	pub := mk(listen, s.Handler())
+	pub.ConnContext = tapContext(s.cfg.MaxHeaderBytes)
+	return pub, mk(admin, s.AdminHandler())
 }
 
 // Close destroys every machine and closes the store. Call it after the

@@ -7,8 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -45,7 +48,7 @@ func statusFor(res machine.Result, parseErr error) (int, string) {
 		if parseErr != nil {
 			return http.StatusBadGateway, "the app's output is not a valid CGI response"
 		}
-		return http.StatusBadGateway, fmt.Sprintf("the app exited (status %d) without a response", res.ExitStatus)
+		return http.StatusBadGateway, fmt.Sprintf("the app failed: it exited with status %d", res.ExitStatus)
 	case machine.DeadlineExceeded:
 		return http.StatusGatewayTimeout, "the app did not answer in time"
 	case machine.Refused:
@@ -76,11 +79,45 @@ func (s *Server) fail(w http.ResponseWriter, app, id string, status int, reason 
 	}
 }
 
+// Deadlines around a request, past its app's timeout.
+const (
+	// ioGrace is added to the app's deadline for the connection's read
+	// and write deadlines, so that a machine that is merely slow meets its
+	// own deadline first (504), while a client that stalls a read or a
+	// write still releases the machine within this margin of it.
+	ioGrace = 250 * time.Millisecond
+	// finishGrace is what the gateway's own last bytes (held output, an
+	// error page) get once the machine is done.
+	finishGrace = 2 * time.Second
+	// noAppWrite bounds writing a response that needs no machine (404,
+	// 429, 400...): a keep-alive connection otherwise keeps whatever write
+	// deadline the previous request left.
+	noAppWrite = 10 * time.Second
+	// preReadMax is how much of a body is read before a machine is taken:
+	// all of a small body, the first bytes of a large one. A client that
+	// announces a body and sends none then holds a goroutine and the bytes
+	// it sent, never a machine or an admission slot.
+	preReadMax = 64 << 10
+)
+
 // serveApp serves one request on a brand-new machine.
 func (s *Server) serveApp(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	id := requestID(r)
 	w.Header().Set("X-Request-Id", id)
+	rc := http.NewResponseController(w)
+	rc.SetWriteDeadline(start.Add(noAppWrite))
+	if !s.checkFraming(w, r, id) {
+		s.met.requests.WithLabelValues("", "400").Inc()
+		return
+	}
+	client := clientAddr(r)
+	if !s.clients.enter(client) {
+		s.met.requests.WithLabelValues("", "429").Inc()
+		s.fail(w, "", id, http.StatusTooManyRequests, fmt.Sprintf("more than %d requests from one address at once", s.cfg.MaxPerClient), "Retry-After", "1")
+		return
+	}
+	defer s.clients.leave(client)
 	a := s.match(r.Host, r.URL.Path)
 	if a == nil {
 		s.met.requests.WithLabelValues("", "404").Inc()
@@ -90,7 +127,7 @@ func (s *Server) serveApp(w http.ResponseWriter, r *http.Request) {
 	defer a.inflight.Done()
 	a.window.Add(1)
 	a.last.Store(start.UnixNano())
-	status, outcome := s.serveOn(a, w, r, id, start)
+	status, outcome := s.serveOn(a, w, rc, r, id, start)
 	elapsed := time.Since(start)
 	s.met.requests.WithLabelValues(a.name, strconv.Itoa(status)).Inc()
 	s.met.latency.WithLabelValues(a.name).Observe(elapsed.Seconds())
@@ -100,6 +137,49 @@ func (s *Server) serveApp(w http.ResponseWriter, r *http.Request) {
 		"duration_ms", float64(elapsed.Microseconds())/1e3)
 }
 
+// checkFraming refuses a request that carries both Content-Length and
+// Transfer-Encoding (RFC 9112 §6.1: a smuggling attempt, to be refused or
+// followed by closing the connection; we do both) and closes the
+// connection after any request whose framing the head tap cannot vouch
+// for. It reports whether the request may go on.
+func (s *Server) checkFraming(w http.ResponseWriter, r *http.Request, id string) bool {
+	chunked := len(r.TransferEncoding) > 0
+	t := tapOf(r.Context())
+	if t == nil {
+		if chunked {
+			w.Header().Set("Connection", "close")
+		}
+		return true
+	}
+	bodyLen := r.ContentLength
+	if chunked {
+		bodyLen = -1
+	}
+	head, ok := t.head(bodyLen)
+	if ok {
+		line, _, _ := strings.Cut(string(head), "\n")
+		ok = strings.TrimSuffix(line, "\r") == r.Method+" "+r.RequestURI+" "+r.Proto
+	}
+	if !ok || chunked {
+		// After a chunked body the tap no longer knows where the next
+		// head starts; a fresh connection starts it over.
+		w.Header().Set("Connection", "close")
+	}
+	if ok && hasField(head, "transfer-encoding") && hasField(head, "content-length") {
+		s.fail(w, "", id, http.StatusBadRequest, "the request has both Content-Length and Transfer-Encoding")
+		return false
+	}
+	return true
+}
+
+// clientAddr is the address a client's requests are counted under.
+func clientAddr(r *http.Request) string {
+	if h, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		return h
+	}
+	return r.RemoteAddr
+}
+
 func strconvQuote(p string) string {
 	if len(p) > 100 {
 		p = p[:100] + "..."
@@ -107,10 +187,59 @@ func strconvQuote(p string) string {
 	return strconv.Quote(p)
 }
 
-func (s *Server) serveOn(a *liveApp, w http.ResponseWriter, r *http.Request, id string, start time.Time) (int, string) {
+// errBodyTimeout is how a body that did not arrive in time is reported.
+var errBodyTimeout = errors.New("the request body did not arrive in time")
+
+// preread reads the start of the body (all of it when it is small) before
+// the request may take a machine, under the request's read deadline.
+func (s *Server) preread(w http.ResponseWriter, rc *http.ResponseController, r *http.Request, a *liveApp) (*countingReader, error) {
+	if r.ContentLength == 0 {
+		return &countingReader{}, nil // no body: reads as EOF
+	}
+	lim := http.MaxBytesReader(w, r.Body, a.set.MaxBody)
+	want := int64(preReadMax)
+	if r.ContentLength > 0 {
+		want = min(want, r.ContentLength)
+	}
+	// A buffer that grows as bytes arrive: a client announcing 64 KiB and
+	// sending 2 bytes makes the gateway hold about 2 bytes.
+	var buf bytes.Buffer
+	_, err := io.CopyN(&buf, lim, want)
+	done := err == io.EOF || (err == nil && r.ContentLength > 0 && int64(buf.Len()) == r.ContentLength)
+	if err != nil && err != io.EOF {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			err = fmt.Errorf("%w: %w", errBodyTimeout, err)
+		}
+		return nil, err
+	}
+	if done {
+		// The whole body is here: nothing more to read from the client,
+		// so no read deadline may now cancel the request (Go's server
+		// watches the connection for a client that goes away).
+		rc.SetReadDeadline(time.Time{})
+		return &countingReader{r: bytes.NewReader(buf.Bytes())}, nil
+	}
+	return &countingReader{r: io.MultiReader(bytes.NewReader(buf.Bytes()), lim), clear: rc}, nil
+}
+
+func (s *Server) serveOn(a *liveApp, w http.ResponseWriter, rc *http.ResponseController, r *http.Request, id string, start time.Time) (int, string) {
 	if r.ContentLength > a.set.MaxBody {
 		s.fail(w, a.name, id, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body exceeds %d bytes", a.set.MaxBody))
 		return http.StatusRequestEntityTooLarge, "body too large"
+	}
+	// The app's deadline covers the whole request: reading the body,
+	// running, writing the response. A read deadline is set only while a
+	// body is being read: once set, it also ends Go's watch for a vanished
+	// client, which would cancel the request.
+	timeout := a.img.Limits().Timeout
+	deadline := start.Add(timeout).Add(ioGrace)
+	rc.SetWriteDeadline(deadline)
+	if r.ContentLength != 0 {
+		rc.SetReadDeadline(deadline)
+	}
+	in, err := s.preread(w, rc, r, a)
+	if err != nil {
+		return s.bodyFailed(w, rc, a, id, timeout, err)
 	}
 	// Admission: the app's own cap first, then the global one.
 	releaseApp, err := a.gate.acquire(r.Context(), a.set.QueueWait)
@@ -119,7 +248,7 @@ func (s *Server) serveOn(a *liveApp, w http.ResponseWriter, r *http.Request, id 
 	}
 	defer releaseApp()
 	s.met.queue.WithLabelValues(a.name).Set(float64(a.gate.waiting.Load()))
-	releaseGlobal, err := s.global.acquire(r.Context(), a.set.QueueWait)
+	releaseGlobal, err := s.global.acquire(r.Context(), a.name, a.set.QueueWait)
 	if err != nil {
 		return s.busy(w, a, id, err)
 	}
@@ -138,55 +267,86 @@ func (s *Server) serveOn(a *liveApp, w http.ResponseWriter, r *http.Request, id 
 		s.met.coldStart.WithLabelValues(a.kind).Observe(time.Since(start).Seconds())
 	}
 	s.met.live.Inc()
-	defer func() {
-		s.met.live.Dec()
-		a.pool.Release(m)
-	}()
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			s.met.live.Dec()
+			a.pool.Release(m)
+		}
+	}
+	defer release()
 
 	creq := cgi.FromHTTP(r, a.set.Route) // "/" becomes an empty SCRIPT_NAME
 	creq.AppEnv = a.set.Env
 	creq.PassAuthorization = a.set.PassAuthorization
-	in := &countingReader{} // no body: reads as EOF
-	if r.ContentLength != 0 {
-		in.r = http.MaxBytesReader(w, r.Body, a.set.MaxBody)
-	}
 	req := &machine.Request{Args: creq.Args(), Env: creq.Env(), Body: in, BodyLen: r.ContentLength}
 
-	hold := &holdWriter{w: w, rc: http.NewResponseController(w), head: r.Method == http.MethodHead, wait: s.cfg.HoldTime}
+	hold := &holdWriter{w: w, rc: rc, head: r.Method == http.MethodHead, wait: s.cfg.HoldTime}
 	parser := cgi.NewParser(0, hold.start)
 	logw := s.logs.writer(a.name, id)
 	res := m.Run(r.Context(), req, parser, logw)
+	// The machine is done: it goes back now, not after the gateway's own
+	// last bytes reach a client that may be slow to take them.
+	release()
 	perr := parser.Close()
 	logw.Flush()
+	rc.SetWriteDeadline(time.Now().Add(finishGrace))
 	s.met.run.WithLabelValues(a.name).Observe(res.RunTime.Seconds())
 	s.met.exits.WithLabelValues(a.name).Add(float64(res.Exits))
 	s.met.bytesIn.WithLabelValues(a.name).Add(float64(in.n))
 
-	ok := res.Outcome == machine.Served && perr == nil
+	// A guest that exits non-zero has said its answer cannot be trusted,
+	// even a complete-looking one: a program that crashes halfway
+	// through its body (a Go panic exits 2) must not look like a short
+	// but successful answer.
+	ok := res.Outcome == machine.Served && res.ExitStatus == 0 && perr == nil
 	committed := hold.finish(ok)
 	s.met.bytesOut.WithLabelValues(a.name).Add(float64(hold.n))
 	if committed {
 		if !ok {
 			// The response has started: the only honest signal left is to
-			// cut the connection.
-			s.log.Warn("response cut", "request_id", id, "app", a.name, "outcome", res.Outcome.String(), "err", res.Err())
+			// cut the connection, so the client sees no final chunk.
+			s.log.Warn("response cut", "request_id", id, "app", a.name, "outcome", res.Outcome.String(), "exit_status", res.ExitStatus, "err", res.Err())
 			panic(http.ErrAbortHandler)
 		}
 		return hold.status(), res.Outcome.String()
 	}
-	var tooLarge *http.MaxBytesError
-	if res.Outcome == machine.Canceled && errors.As(res.Cause, &tooLarge) {
-		s.fail(w, a.name, id, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body exceeds %d bytes", a.set.MaxBody))
-		return http.StatusRequestEntityTooLarge, "body too large"
+	if res.Outcome == machine.Canceled && res.Cause != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(res.Cause, &tooLarge) || errors.Is(res.Cause, os.ErrDeadlineExceeded) {
+			return s.bodyFailed(w, rc, a, id, timeout, res.Cause)
+		}
 	}
 	code, reason := statusFor(res, perr)
 	detail := res.Err()
 	if detail == nil {
 		detail = perr
 	}
-	s.log.Warn("app failed", "request_id", id, "app", a.name, "status", code, "outcome", res.Outcome.String(), "err", detail)
+	s.log.Warn("app failed", "request_id", id, "app", a.name, "status", code, "outcome", res.Outcome.String(), "exit_status", res.ExitStatus, "err", detail)
 	s.fail(w, a.name, id, code, reason)
 	return code, res.Outcome.String()
+}
+
+// bodyFailed answers a request whose body could not be read: too large
+// (413), not sent in time (408), or the client went away.
+func (s *Server) bodyFailed(w http.ResponseWriter, rc *http.ResponseController, a *liveApp, id string, timeout time.Duration, err error) (int, string) {
+	rc.SetWriteDeadline(time.Now().Add(finishGrace))
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		s.fail(w, a.name, id, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body exceeds %d bytes", a.set.MaxBody))
+		return http.StatusRequestEntityTooLarge, "body too large"
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// The connection's read side is spent: it cannot carry another
+		// request.
+		w.Header().Set("Connection", "close")
+		s.log.Warn("request body timeout", "request_id", id, "app", a.name, "timeout", timeout)
+		s.fail(w, a.name, id, http.StatusRequestTimeout, fmt.Sprintf("the request body did not arrive within the app's %v deadline", timeout))
+		return http.StatusRequestTimeout, "body timeout"
+	}
+	s.fail(w, a.name, id, 499, "client closed request")
+	return 499, "client gone while sending its body"
 }
 
 func (s *Server) busy(w http.ResponseWriter, a *liveApp, id string, err error) (int, string) {
@@ -313,9 +473,14 @@ func (h *holdWriter) status() int {
 	return h.resp.Status
 }
 
+// countingReader is the body a machine reads. Once the client's part of
+// it is exhausted it clears the connection's read deadline (clear), so
+// that the deadline cannot later end Go's watch for a vanished client and
+// cancel a request whose machine is merely still running.
 type countingReader struct {
-	r io.Reader
-	n int64
+	r     io.Reader
+	n     int64
+	clear *http.ResponseController
 }
 
 func (c *countingReader) Read(b []byte) (int, error) {
@@ -324,6 +489,10 @@ func (c *countingReader) Read(b []byte) (int, error) {
 	}
 	n, err := c.r.Read(b)
 	c.n += int64(n)
+	if err == io.EOF && c.clear != nil {
+		c.clear.SetReadDeadline(time.Time{})
+		c.clear = nil
+	}
 	return n, err
 }
 

@@ -119,20 +119,31 @@ func (m *Machine) Run(ctx context.Context, req *machine.Request, stdout, stderr 
 	if s.body == nil {
 		s.body, s.bodyLeft = eofReader{}, 0
 	}
-	if err := s.place(req); err != nil {
-		if errors.Is(err, ErrRequestTooLarge) {
-			return machine.Result{Outcome: machine.Refused, Detail: err.Error(), Cause: err}
-		}
-		return machine.Result{Outcome: machine.Canceled, Detail: "reading request body", Cause: err}
-	}
-
-	lap("place request in guest memory")
+	// The deadline covers the whole request, reading the inline body
+	// included: a client that announces a body and sends none must not
+	// hold the machine past it. The body reader itself must give up when
+	// the deadline passes (machine.Request.Body); the kick then finds the
+	// loop not yet started and the first check stops it.
 	ctx, cancel := context.WithTimeout(ctx, s.limits.Timeout)
 	defer cancel()
 	s.ctx = ctx
 	stop := context.AfterFunc(ctx, m.kick)
-
 	lap("arm deadline")
+	if err := s.place(req); err != nil {
+		stop()
+		if errors.Is(err, ErrRequestTooLarge) {
+			return machine.Result{Outcome: machine.Refused, Detail: err.Error(), Cause: err, RunTime: time.Since(start)}
+		}
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			s.end(machine.DeadlineExceeded, fmt.Sprintf("the request body did not arrive within %v", s.limits.Timeout))
+		} else {
+			s.end(machine.Canceled, "reading the request body")
+		}
+		s.res.Cause = err
+		s.res.RunTime = time.Since(start)
+		return s.res
+	}
+	lap("place request in guest memory")
 	run := func() {
 		m.mu.Lock()
 		m.tid = unix.Gettid()
@@ -339,7 +350,10 @@ func (s *session) io() bool {
 		case exitOOM:
 			s.end(machine.MemoryLimit, fmt.Sprintf("the guest heap (%d KiB) is exhausted", (m.im.lay.heapEnd-m.im.lay.heapStart)>>10))
 		case exitAbort:
-			s.end(machine.Served, "the guest aborted")
+			// abort() is the guest saying its answer cannot be trusted:
+			// a failure, so that a response already streaming is cut
+			// rather than ended cleanly.
+			s.end(machine.Fault, "the guest called abort()")
 		default:
 			s.end(machine.Served, "")
 		}

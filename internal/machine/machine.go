@@ -22,6 +22,11 @@ type Request struct {
 	Args []string
 	Env  []string // "KEY=VALUE"
 	// Body is read at most BodyLen bytes; BodyLen < 0 means "until EOF".
+	// A machine may read it from a thread it cannot interrupt (hvt reads
+	// on the vCPU thread), so a Body fed by a client must fail by itself
+	// once the request's deadline has passed: the gateway sets read
+	// deadlines on the connection. The same holds for the stdout and
+	// stderr writers given to Run.
 	Body    io.Reader
 	BodyLen int64
 }

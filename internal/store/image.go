@@ -185,19 +185,7 @@ func (s *Store) GC() ([]string, error) { return s.GCOlderThan(GCGrace) }
 func (s *Store) GCOlderThan(grace time.Duration) ([]string, error) {
 	s.refMu.Lock()
 	defer s.refMu.Unlock()
-	refs := make(map[string]bool)
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketApps).ForEach(func(k, v []byte) error {
-			rec, err := decodeApp(k, v)
-			if err != nil {
-				return err
-			}
-			for _, v := range rec.History {
-				refs[strings.TrimPrefix(v.Digest, digestPrefix)] = true
-			}
-			return nil
-		})
-	})
+	refs, err := s.referenced()
 	if err != nil {
 		return nil, fmt.Errorf("store: gc: %w", err)
 	}
@@ -233,6 +221,66 @@ func (s *Store) GCOlderThan(grace time.Duration) ([]string, error) {
 	}
 	if err := errors.Join(errs...); err != nil {
 		return removed, fmt.Errorf("store: gc: %w", err)
+	}
+	return removed, nil
+}
+
+// referenced returns the hex digests some version of some app uses. The
+// caller holds refMu.
+func (s *Store) referenced() (map[string]bool, error) {
+	refs := make(map[string]bool)
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketApps).ForEach(func(k, v []byte) error {
+			rec, err := decodeApp(k, v)
+			if err != nil {
+				return err
+			}
+			for _, v := range rec.History {
+				refs[strings.TrimPrefix(v.Digest, digestPrefix)] = true
+			}
+			return nil
+		})
+	})
+	return refs, err
+}
+
+// RemoveUnreferenced removes those of digests that no version of any app
+// references, at once rather than after GCGrace: for an upload that was
+// refused, or the images of a removed app. The caller must know that no
+// deploy still in progress has uploaded one of them (the gateway pins its
+// uploads). It returns what it removed.
+func (s *Store) RemoveUnreferenced(digests ...string) ([]string, error) {
+	s.refMu.Lock()
+	defer s.refMu.Unlock()
+	refs, err := s.referenced()
+	if err != nil {
+		return nil, fmt.Errorf("store: remove images: %w", err)
+	}
+	var removed []string
+	var errs []error
+	for _, d := range digests {
+		if err := ValidateDigest(d); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		h := strings.TrimPrefix(d, digestPrefix)
+		if refs[h] {
+			continue
+		}
+		switch err := os.Remove(filepath.Join(s.images, h)); {
+		case err == nil:
+			removed = append(removed, d)
+		case !errors.Is(err, fs.ErrNotExist):
+			errs = append(errs, err)
+		}
+	}
+	if len(removed) > 0 {
+		if err := syncDir(s.images); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return removed, fmt.Errorf("store: remove images: %w", err)
 	}
 	return removed, nil
 }

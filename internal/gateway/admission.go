@@ -1,0 +1,179 @@
+package gateway
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// fairGate is the global cap on live machines, shared by every app so that
+// no app's clients can take all of it. Of its max slots, the last reserve
+// are kept for apps that hold fewer than guarantee machines: when one app
+// (or several) fill the shared part with requests that hold their machines
+// for as long as their deadline allows, every other app can still start
+// guarantee machines at once. docs/gateway.md ("Fairness") has the design.
+//
+// Waiters are served first come, first served among those eligible: a
+// release hands its slot to the oldest waiter that may take it, so a
+// waiting small app is not overtaken by a busy one.
+type fairGate struct {
+	max, reserve, guarantee int
+	queue                   int
+
+	mu      sync.Mutex
+	live    int
+	held    map[string]int // live machines per app name
+	waiters []*waiter
+}
+
+type waiter struct {
+	app     string
+	granted chan struct{} // closed once the slot is this waiter's
+}
+
+func newFairGate(size, queue, reserve, guarantee int) *fairGate {
+	reserve = min(max(reserve, 0), size)
+	return &fairGate{max: size, reserve: reserve, guarantee: guarantee, queue: queue, held: map[string]int{}}
+}
+
+// mayTake says whether app, holding held machines, may take a slot now.
+func (g *fairGate) mayTake(held int) bool {
+	if g.live >= g.max {
+		return false
+	}
+	return g.live < g.max-g.reserve || held < g.guarantee
+}
+
+func (g *fairGate) takeLocked(app string) {
+	g.live++
+	g.held[app]++
+}
+
+// acquire takes a slot for app, waiting at most wait in a bounded queue.
+func (g *fairGate) acquire(ctx context.Context, app string, wait time.Duration) (func(), error) {
+	g.mu.Lock()
+	// Every release grants what it can, so whoever still waits may not
+	// take a slot now: a newcomer that may is not jumping a fair queue.
+	if g.mayTake(g.held[app]) {
+		g.takeLocked(app)
+		g.mu.Unlock()
+		return g.releaser(app), nil
+	}
+	if len(g.waiters) >= g.queue {
+		g.mu.Unlock()
+		return nil, errQueueFull
+	}
+	w := &waiter{app: app, granted: make(chan struct{})}
+	g.waiters = append(g.waiters, w)
+	g.mu.Unlock()
+
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	var err error
+	select {
+	case <-w.granted:
+		return g.releaser(app), nil
+	case <-t.C:
+		err = errQueueTimeout
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	select {
+	case <-w.granted:
+		// Granted while giving up: hand the slot on.
+		g.releaseLocked(app)
+	default:
+		g.removeLocked(w)
+	}
+	return nil, err
+}
+
+func (g *fairGate) removeLocked(w *waiter) {
+	for i, x := range g.waiters {
+		if x == w {
+			g.waiters = append(g.waiters[:i], g.waiters[i+1:]...)
+			return
+		}
+	}
+}
+
+// grantLocked gives free slots to the oldest eligible waiters.
+func (g *fairGate) grantLocked() {
+	for i := 0; i < len(g.waiters) && g.live < g.max; {
+		w := g.waiters[i]
+		if !g.mayTake(g.held[w.app]) {
+			i++
+			continue
+		}
+		g.takeLocked(w.app)
+		g.waiters = append(g.waiters[:i], g.waiters[i+1:]...)
+		close(w.granted)
+	}
+}
+
+func (g *fairGate) releaser(app string) func() {
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			g.mu.Lock()
+			g.releaseLocked(app)
+			g.mu.Unlock()
+		})
+	}
+}
+
+func (g *fairGate) releaseLocked(app string) {
+	g.live--
+	if g.held[app]--; g.held[app] <= 0 {
+		delete(g.held, app)
+	}
+	g.grantLocked()
+}
+
+// stats reports live machines and waiting requests.
+func (g *fairGate) stats() (live, waiting int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.live, len(g.waiters)
+}
+
+// clientLimiter caps the requests one client address has inside the
+// gateway at once (reading its body, queued or running). It bounds what a
+// single address can make the gateway hold (goroutines, buffered bodies)
+// without depending on how it spreads its requests over apps.
+type clientLimiter struct {
+	max int
+	mu  sync.Mutex
+	n   map[string]int
+}
+
+func newClientLimiter(limit int) *clientLimiter {
+	return &clientLimiter{max: limit, n: map[string]int{}}
+}
+
+// enter admits one more request from addr, or reports false.
+func (c *clientLimiter) enter(addr string) bool {
+	if c.max <= 0 {
+		return true
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n[addr] >= c.max {
+		return false
+	}
+	c.n[addr]++
+	return true
+}
+
+func (c *clientLimiter) leave(addr string) {
+	if c.max <= 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n[addr]--; c.n[addr] <= 0 {
+		delete(c.n, addr)
+	}
+}
