@@ -7,45 +7,57 @@ import (
 )
 
 // fairGate is the global cap on live machines, shared by every app so that
-// no app's clients can take all of it. Of its max slots, the last reserve
-// are kept for apps that hold fewer than guarantee machines: when one app
-// (or several) fill the shared part with requests that hold their machines
-// for as long as their deadline allows, every other app can still start
-// guarantee machines at once. docs/gateway.md ("Fairness") has the design.
+// no app's clients can take all of it. Of its max slots, reserve are kept
+// for apps that hold fewer than guarantee machines: when one app (or
+// several) fill the shared part with requests that hold their machines for
+// as long as their deadline allows, every other app can still start
+// guarantee machines at once. A slot is taken from the shared part when it
+// has room, else from the reserve if the app may use it, and goes back to
+// the part it came from. docs/gateway.md ("Fairness") has the design.
 //
 // Waiters are served first come, first served among those eligible: a
 // release hands its slot to the oldest waiter that may take it, so a
 // waiting small app is not overtaken by a busy one.
 type fairGate struct {
-	max, reserve, guarantee int
-	queue                   int
+	shared, reserve, guarantee int
+	queue                      int
 
-	mu      sync.Mutex
-	live    int
-	held    map[string]int // live machines per app name
-	waiters []*waiter
+	mu           sync.Mutex
+	sharedLive   int
+	reservedLive int
+	held         map[string]int // live machines per app name
+	waiters      []*waiter
 }
 
 type waiter struct {
-	app     string
-	granted chan struct{} // closed once the slot is this waiter's
+	app      string
+	granted  chan struct{} // closed once the slot is this waiter's
+	reserved bool          // which part the granted slot came from
 }
 
 func newFairGate(size, queue, reserve, guarantee int) *fairGate {
 	reserve = min(max(reserve, 0), size)
-	return &fairGate{max: size, reserve: reserve, guarantee: guarantee, queue: queue, held: map[string]int{}}
+	return &fairGate{shared: size - reserve, reserve: reserve, guarantee: guarantee, queue: queue, held: map[string]int{}}
 }
 
-// mayTake says whether app, holding held machines, may take a slot now.
-func (g *fairGate) mayTake(held int) bool {
-	if g.live >= g.max {
-		return false
+// slotFor says which part app, holding held machines, may take a slot
+// from now, if any.
+func (g *fairGate) slotFor(held int) (ok, reserved bool) {
+	if g.sharedLive < g.shared {
+		return true, false
 	}
-	return g.live < g.max-g.reserve || held < g.guarantee
+	if held < g.guarantee && g.reservedLive < g.reserve {
+		return true, true
+	}
+	return false, false
 }
 
-func (g *fairGate) takeLocked(app string) {
-	g.live++
+func (g *fairGate) takeLocked(app string, reserved bool) {
+	if reserved {
+		g.reservedLive++
+	} else {
+		g.sharedLive++
+	}
 	g.held[app]++
 }
 
@@ -54,10 +66,10 @@ func (g *fairGate) acquire(ctx context.Context, app string, wait time.Duration) 
 	g.mu.Lock()
 	// Every release grants what it can, so whoever still waits may not
 	// take a slot now: a newcomer that may is not jumping a fair queue.
-	if g.mayTake(g.held[app]) {
-		g.takeLocked(app)
+	if ok, reserved := g.slotFor(g.held[app]); ok {
+		g.takeLocked(app, reserved)
 		g.mu.Unlock()
-		return g.releaser(app), nil
+		return g.releaser(app, reserved), nil
 	}
 	if len(g.waiters) >= g.queue {
 		g.mu.Unlock()
@@ -72,7 +84,7 @@ func (g *fairGate) acquire(ctx context.Context, app string, wait time.Duration) 
 	var err error
 	select {
 	case <-w.granted:
-		return g.releaser(app), nil
+		return g.releaser(app, w.reserved), nil
 	case <-t.C:
 		err = errQueueTimeout
 	case <-ctx.Done():
@@ -83,7 +95,7 @@ func (g *fairGate) acquire(ctx context.Context, app string, wait time.Duration) 
 	select {
 	case <-w.granted:
 		// Granted while giving up: hand the slot on.
-		g.releaseLocked(app)
+		g.releaseLocked(app, w.reserved)
 	default:
 		g.removeLocked(w)
 	}
@@ -101,31 +113,37 @@ func (g *fairGate) removeLocked(w *waiter) {
 
 // grantLocked gives free slots to the oldest eligible waiters.
 func (g *fairGate) grantLocked() {
-	for i := 0; i < len(g.waiters) && g.live < g.max; {
+	for i := 0; i < len(g.waiters); {
 		w := g.waiters[i]
-		if !g.mayTake(g.held[w.app]) {
+		ok, reserved := g.slotFor(g.held[w.app])
+		if !ok {
 			i++
 			continue
 		}
-		g.takeLocked(w.app)
+		g.takeLocked(w.app, reserved)
+		w.reserved = reserved
 		g.waiters = append(g.waiters[:i], g.waiters[i+1:]...)
 		close(w.granted)
 	}
 }
 
-func (g *fairGate) releaser(app string) func() {
+func (g *fairGate) releaser(app string, reserved bool) func() {
 	var once sync.Once
 	return func() {
 		once.Do(func() {
 			g.mu.Lock()
-			g.releaseLocked(app)
+			g.releaseLocked(app, reserved)
 			g.mu.Unlock()
 		})
 	}
 }
 
-func (g *fairGate) releaseLocked(app string) {
-	g.live--
+func (g *fairGate) releaseLocked(app string, reserved bool) {
+	if reserved {
+		g.reservedLive--
+	} else {
+		g.sharedLive--
+	}
 	if g.held[app]--; g.held[app] <= 0 {
 		delete(g.held, app)
 	}
@@ -136,7 +154,7 @@ func (g *fairGate) releaseLocked(app string) {
 func (g *fairGate) stats() (live, waiting int) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.live, len(g.waiters)
+	return g.sharedLive + g.reservedLive, len(g.waiters)
 }
 
 // clientLimiter caps the requests one client address has inside the
