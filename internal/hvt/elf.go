@@ -61,7 +61,8 @@ func badImage(where, format string, args ...any) error {
 // segment is one PT_LOAD to place in guest memory.
 type segment struct {
 	vaddr, memsz uint64
-	data         []byte // p_filesz bytes of file content
+	off          uint64 // p_offset
+	data         []byte // p_filesz bytes of file content; nil once the template holds them
 	flags        uint32
 }
 
@@ -171,7 +172,17 @@ func parseELF(b []byte) (*elfImage, error) {
 			if flags&pfW != 0 && flags&pfX != 0 {
 				return nil, badImage(where, "segment at %#x is both writable and executable", vaddr)
 			}
-			img.segments = append(img.segments, segment{vaddr: vaddr, memsz: memsz, data: b[off:fileEnd], flags: flags})
+			// Each file byte may be loaded once: segments sharing bytes
+			// would multiply the template's host memory beyond the file's
+			// size (59 copies of 8 MiB: 480 MB for a 16 MiB file), and
+			// linkers place each section in the file once. Sharing a file
+			// page is fine and common.
+			for _, o := range img.segments {
+				if filesz > 0 && len(o.data) > 0 && off < o.off+uint64(len(o.data)) && o.off < fileEnd {
+					return nil, badImage(where, "file bytes [%#x, +%#x) are also loaded by the segment at %#x: each byte of the file may be loaded once", off, filesz, o.vaddr)
+				}
+			}
+			img.segments = append(img.segments, segment{vaddr: vaddr, memsz: memsz, off: off, data: b[off:fileEnd], flags: flags})
 		}
 	}
 	if solo5 && !dustNote {

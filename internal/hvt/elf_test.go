@@ -100,7 +100,8 @@ func TestParseELFRejects(t *testing.T) {
 		{"W+X", synthELF(func(h []byte, p []testPhdr) []testPhdr { p[0].flags = pfR | pfW | pfX; return p }), "both writable and executable"},
 		{"bad align", synthELF(func(h []byte, p []testPhdr) []testPhdr { p[0].al = 3; return p }), "power of two"},
 		{"vaddr/offset mismatch", synthELF(func(h []byte, p []testPhdr) []testPhdr { p[0].vaddr = 0x101800; return p }), "differ modulo"},
-		{"overlap", synthELF(func(h []byte, p []testPhdr) []testPhdr { p[1].vaddr = 0x101000; p[1].off = 0x1000; return p }), "overlap"},
+		{"overlap", synthELF(func(h []byte, p []testPhdr) []testPhdr { p[1].vaddr = 0x101000; return p }), "overlap"},
+		{"shared file bytes", synthELF(func(h []byte, p []testPhdr) []testPhdr { p[1].off = 0x1000; return p }), "may be loaded once"},
 		{"entry outside code", synthELF(func(h []byte, p []testPhdr) []testPhdr { le.PutUint64(h[24:], 0x102000); return p }), "not inside an executable segment"},
 		{"dynamic", synthELF(func(h []byte, p []testPhdr) []testPhdr {
 			return append(p, testPhdr{typ: ptInterp, off: 0x200, filesz: 4})
@@ -175,6 +176,11 @@ func FuzzParseELF(f *testing.F) {
 			}
 			if s.vaddr < prevEnd {
 				t.Fatal("overlapping segments accepted")
+			}
+			for _, o := range img.segments {
+				if o.vaddr != s.vaddr && len(s.data) > 0 && len(o.data) > 0 && s.off < o.off+uint64(len(o.data)) && o.off < s.off+uint64(len(s.data)) {
+					t.Fatalf("segments at %#x and %#x load the same file bytes", s.vaddr, o.vaddr)
+				}
 			}
 			prevEnd = s.vaddr + s.memsz
 			if s.flags&pfX != 0 && img.entry >= s.vaddr && img.entry < s.vaddr+s.memsz {

@@ -10,6 +10,7 @@ package hvt
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sync"
 	"unsafe"
@@ -97,19 +98,27 @@ func Prepare(elf []byte, limits machine.Limits) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
+	if !cpuidHasNX(cpuid) {
+		return nil, errNoNX
+	}
 	lay, err := buildLayout(img, uint64(limits.Memory), hostTSCHz(sys))
 	if err != nil {
 		return nil, err
 	}
-	fd, err := writeTemplate(lay.tmpl)
+	fd, err := writeTemplate(lay, img)
 	if err != nil {
 		return nil, err
 	}
 	im := &Image{
-		sys: sys, limits: limits, lay: lay, elf: img, memfd: fd, tsize: uintptr(len(lay.tmpl)),
+		sys: sys, limits: limits, lay: lay, elf: img, memfd: fd, tsize: uintptr(lay.tsize),
 		sregs: initialSregs(), regs: lay.initialRegs(), cpuid: cpuid,
 	}
-	lay.tmpl = nil // the memfd holds it now
+	// The memfd holds the bytes now; without these references the Image
+	// does not also pin the caller's copy of the ELF file.
+	lay.low = nil
+	for i := range img.segments {
+		img.segments[i].data = nil
+	}
 	list, err := im.probe()
 	if err == nil {
 		err = im.setWarmList(list)
@@ -138,10 +147,13 @@ func (im *Image) setWarmList(list []uint64) error {
 	return nil
 }
 
-// writeTemplate stores the template in a sealed memfd. Only non-zero pages
-// are written, so the template's own footprint is the image, not the
-// megabyte of mostly empty low memory it spans.
-func writeTemplate(t []byte) (int, error) {
+// writeTemplate stores the template in a memfd (sealed later, after the
+// probe): low memory, then each segment's file bytes at its address. Only
+// non-zero pages are written, so the template costs what the file provides
+// (parseELF refuses segments that load the same file bytes twice) plus a
+// few monitor pages; the rest of its span, and all BSS, reads as zero
+// without being allocated.
+func writeTemplate(l *layout, img *elfImage) (int, error) {
 	fd, err := unix.MemfdCreate("dust-hvt-template", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
 	if err != nil {
 		return -1, fmt.Errorf("hvt: memfd_create: %w", err)
@@ -150,20 +162,51 @@ func writeTemplate(t []byte) (int, error) {
 		unix.Close(fd)
 		return -1, fmt.Errorf("hvt: template %s: %w", what, err)
 	}
-	if err := unix.Ftruncate(fd, int64(len(t))); err != nil {
+	if err := unix.Ftruncate(fd, int64(l.tsize)); err != nil {
 		return fail("ftruncate", err)
 	}
-	for off := 0; off < len(t); off += pageSize {
-		page := t[off : off+pageSize]
-		if isZero(page) {
-			continue
+	write := func(b []byte, at uint64) error {
+		// Page by page in guest addresses, so that a segment starting
+		// mid-page is cut where the pages are.
+		for len(b) > 0 {
+			n := min(uint64(len(b)), alignUp(at+1, pageSize)-at)
+			if !isZero(b[:n]) {
+				if _, err := unix.Pwrite(fd, b[:n], int64(at)); err != nil {
+					return err
+				}
+			}
+			b, at = b[n:], at+n
 		}
-		if _, err := unix.Pwrite(fd, page, int64(off)); err != nil {
+		return nil
+	}
+	if err := write(l.low, 0); err != nil {
+		return fail("write", err)
+	}
+	for _, s := range img.segments {
+		if err := write(s.data, s.vaddr); err != nil {
 			return fail("write", err)
 		}
 	}
 	return fd, nil
 }
+
+// cpuidHasNX reports whether a kvm_cpuid2 list advertises NX (leaf
+// 0x80000001, EDX bit 20), without which KVM refuses EFER.NXE.
+func cpuidHasNX(cpuid []byte) bool {
+	hdr := int(unsafe.Sizeof(kvm.CPUID2{}))
+	if len(cpuid) < hdr {
+		return false
+	}
+	n := (len(cpuid) - hdr) / int(unsafe.Sizeof(kvm.CPUIDEntry2{}))
+	for _, e := range unsafe.Slice((*kvm.CPUIDEntry2)(unsafe.Pointer(&cpuid[hdr])), n) {
+		if e.Function == 0x80000001 {
+			return e.EDX&(1<<20) != 0
+		}
+	}
+	return false
+}
+
+var errNoNX = errors.New("hvt: KVM does not offer the NX (no-execute) feature, which the guest's page tables rely on")
 
 // sealTemplate makes the template immutable for the rest of its life.
 func sealTemplate(fd int) error {

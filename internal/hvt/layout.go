@@ -18,12 +18,16 @@ const (
 	pteA   = 1 << 5
 	pteD   = 1 << 6
 	ptePS  = 1 << 7
-	pteDir = pteP | pteRW | pteUS | pteA // U/S and RW must be set at every level for user access
+	pteNX  = 1 << 63                     // needs EFER.NXE, else a reserved-bit fault
+	pteDir = pteP | pteRW | pteUS | pteA // U/S and RW must be set at every level for user access; NX only in leaves
 
+	// Only executable segments and the warm-up stub lack NX: bytes the
+	// guest can write, or the monitor wrote as data, never run.
 	permNone    = 0
-	permUserRO  = pteP | pteUS | pteA
-	permUserRW  = pteP | pteRW | pteUS | pteA | pteD
-	permSuperRW = pteP | pteRW | pteA | pteD
+	permUserRX  = pteP | pteUS | pteA
+	permUserRO  = pteP | pteUS | pteA | pteNX
+	permUserRW  = pteP | pteRW | pteUS | pteA | pteD | pteNX
+	permSuperRW = pteP | pteRW | pteA | pteD | pteNX
 )
 
 // layout is an image placed in a memory size: the template bytes and the
@@ -35,7 +39,13 @@ type layout struct {
 	stackTop  uint64
 	guard     uint64 // unmapped page between heap and stack
 	entry     uint64
-	tmpl      []byte // guest memory [0, len(tmpl)); the rest starts zeroed
+	// low is guest memory [0, requestEnd): monitor pages and boot info.
+	// Segment bytes are not copied in here but written straight from the
+	// file into the template (writeTemplate): a buffer spanning the image
+	// would let a small file with one byte at a high address cost a
+	// gigabyte-sized allocation at every deploy.
+	low   []byte
+	tsize uint64 // template length: low memory and every byte the file provides; BSS beyond comes from zero pages
 }
 
 // buildLayout places img in memSize bytes of guest memory.
@@ -51,17 +61,12 @@ func buildLayout(img *elfImage, memSize, tscHz uint64) (*layout, error) {
 		return nil, badImage("layout", "image ends at %#x: no room for a 64 KiB heap and the %d KiB stack in %d MiB of guest memory", img.end, stackSize>>10, memSize>>20)
 	}
 
-	// The template covers monitor pages, boot info, request area and every
-	// byte the image file provides; BSS beyond that comes from zero pages.
-	size := uint64(requestEnd)
+	l.tsize = requestEnd
 	for _, s := range img.segments {
-		size = max(size, alignUp(s.vaddr+uint64(len(s.data)), pageSize))
+		l.tsize = max(l.tsize, alignUp(s.vaddr+uint64(len(s.data)), pageSize))
 	}
-	t := make([]byte, size)
-	l.tmpl = t
-	for _, s := range img.segments {
-		copy(t[s.vaddr:], s.data)
-	}
+	t := make([]byte, requestEnd)
+	l.low = t
 	le := binary.LittleEndian
 
 	// GDT: descriptors with the accessed bit preset (see pte comment).
@@ -107,7 +112,7 @@ func (l *layout) perm(img *elfImage, addr uint64) uint64 {
 	case addr == gdtAddr, addr >= tssAddr && addr <= tssAddr+tssLimit:
 		return permSuperRW // GDT and TSS: the CPU reads them, the guest may not
 	case addr == warmAddr:
-		return permUserRO // the warm-up stub and its page list
+		return permUserRX // the warm-up stub and its page list, which only the monitor writes
 	case addr < monitorEnd:
 		return permNone
 	case addr < imageBase:
@@ -117,8 +122,11 @@ func (l *layout) perm(img *elfImage, addr uint64) uint64 {
 	}
 	for _, s := range img.segments {
 		if addr >= s.vaddr&^(pageSize-1) && addr < s.vaddr+s.memsz {
-			if s.flags&pfW != 0 {
+			switch {
+			case s.flags&pfW != 0:
 				return permUserRW
+			case s.flags&pfX != 0:
+				return permUserRX
 			}
 			return permUserRO
 		}
@@ -127,8 +135,10 @@ func (l *layout) perm(img *elfImage, addr uint64) uint64 {
 }
 
 // pageTables writes an identity map of guest memory: 2 MiB pages where a
-// region is uniformly user read-write, 4 KiB pages where permissions vary
-// (monitor pages, read-only image segments, the stack guard).
+// region is uniformly user read-write (and not executable), 4 KiB pages
+// where permissions vary (monitor pages, code and read-only segments, the
+// stack guard). Segments never share a 4 KiB page, so code and data never
+// share a leaf.
 func (l *layout) pageTables(img *elfImage, t []byte) error {
 	le := binary.LittleEndian
 	le.PutUint64(t[pml4Addr:], pdptAddr|pteDir)
@@ -169,6 +179,14 @@ func (l *layout) pageTables(img *elfImage, t []byte) error {
 	return nil
 }
 
+// EFER bits. NXE makes the page tables' NX bit mean "no execute"; KVM
+// accepts it only if the guest CPUID advertises NX (Prepare checks).
+const (
+	eferLME = 1 << 8
+	eferLMA = 1 << 10
+	eferNXE = 1 << 11
+)
+
 // initialSregs is the vCPU's special-register state at entry: 64-bit long
 // mode, paging on, user (DPL 3) segments, no IDT. Any exception therefore
 // escalates to a triple fault, which the monitor reports as a fault.
@@ -187,7 +205,7 @@ func initialSregs() kvm.Sregs {
 		CR0:  0x80010021, // PE | NE | WP | PG
 		CR3:  pml4Addr,
 		CR4:  0x620, // PAE | OSFXSR | OSXMMEXCPT: SSE2 usable
-		EFER: 0x500, // LME | LMA
+		EFER: eferLME | eferLMA | eferNXE,
 	}
 }
 
