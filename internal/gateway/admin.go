@@ -526,6 +526,9 @@ func (s *Server) apiLogs(w http.ResponseWriter, r *http.Request) {
 	for {
 		select {
 		case l := <-ch:
+			// A follower may wait for hours; each line gets its own
+			// write deadline.
+			rc.SetWriteDeadline(time.Now().Add(adminWriteTimeout))
 			line(l)
 			rc.Flush()
 		case <-r.Context().Done():

@@ -460,3 +460,85 @@ func testLogger() *slog.Logger {
 	}
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
+
+// Disk is given back: a refused upload leaves no image behind, and removing
+// an app deletes its images unless another app still uses them.
+func TestImagesGivenBack(t *testing.T) {
+	dir := t.TempDir()
+	ts := start(t, dir)
+	images := func() int {
+		es, err := os.ReadDir(filepath.Join(dir, "images", "sha256"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, e := range es {
+			if !strings.HasPrefix(e.Name(), ".") {
+				n++
+			}
+		}
+		return n
+	}
+	if _, err := ts.Deploy("bad", strings.NewReader("\x7fELF not really"), store.Settings{Route: "/bad"}); !errors.Is(err, machine.ErrBadImage) {
+		t.Fatalf("garbage ELF: %v", err)
+	}
+	if n := images(); n != 0 {
+		t.Fatalf("%d images on disk after a refused deploy", n)
+	}
+	hello := example(t, "hello")
+	ts.deploy(t, "a", hello, store.Settings{Route: "/a"})
+	ts.deploy(t, "b", hello, store.Settings{Route: "/b"})
+	ts.deploy(t, "b", example(t, "echo"), store.Settings{Route: "/b"})
+	if n := images(); n != 2 {
+		t.Fatalf("%d images, want 2", n)
+	}
+	del := func(name string) {
+		req, _ := http.NewRequest("DELETE", ts.admin+"/v1/apps/"+name, nil)
+		req.Header.Set("Authorization", "Bearer "+ts.Token())
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("rm %s: %v %v", name, resp, err)
+		}
+		resp.Body.Close()
+	}
+	del("a") // hello is still in b's history
+	if n := images(); n != 2 {
+		t.Fatalf("%d images after rm a, want 2 (b's history uses hello)", n)
+	}
+	del("b")
+	if n := images(); n != 0 {
+		t.Fatalf("%d images after removing every app", n)
+	}
+}
+
+// Idle keep-alive connections are closed by the gateway.
+func TestIdleConnectionClosed(t *testing.T) {
+	kvmtest.Require(t)
+	s, err := New(Config{DataDir: t.TempDir(), Kinds: map[string]machine.Kind{"hvt": hvt.Kind{}}, Detect: detect,
+		Logger: testLogger(), IdleTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := s.HTTPServers("", "")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go pub.Serve(Listener(l))
+	t.Cleanup(func() { s.Shutdown(pub) })
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprint(c, "GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	t0 := time.Now()
+	b, err := io.ReadAll(c) // the 404, then EOF when the server closes the idle connection
+	if err != nil || !strings.HasPrefix(string(b), "HTTP/1.1 404") {
+		t.Fatalf("idle connection: %q %v", b, err)
+	}
+	if el := time.Since(t0); el > 2*time.Second {
+		t.Fatalf("idle connection closed after %v, timeout 200ms", el)
+	}
+}
