@@ -268,11 +268,17 @@ func (s *Server) serveOn(a *liveApp, w http.ResponseWriter, rc *http.ResponseCon
 	}
 	s.met.live.Inc()
 	released := false
+	var res machine.Result
+	ran := false
 	release := func() {
 		if !released {
 			released = true
 			s.met.live.Dec()
-			a.pool.Release(m)
+			if ran {
+				a.pool.Recycle(m, res) // restored for another request, or destroyed
+			} else {
+				a.pool.Release(m)
+			}
 		}
 	}
 	defer release()
@@ -285,7 +291,8 @@ func (s *Server) serveOn(a *liveApp, w http.ResponseWriter, rc *http.ResponseCon
 	hold := &holdWriter{w: w, rc: rc, head: r.Method == http.MethodHead, wait: s.cfg.HoldTime}
 	parser := cgi.NewParser(0, hold.start)
 	logw := s.logs.writer(a.name, id)
-	res := m.Run(r.Context(), req, parser, logw)
+	res = m.Run(r.Context(), req, parser, logw)
+	ran = true
 	// The machine is done: it goes back now, not after the gateway's own
 	// last bytes reach a client that may be slow to take them.
 	release()

@@ -71,7 +71,17 @@ type Image struct {
 	regs   kvm.Regs
 	cpuid  []byte
 
-	mu     sync.Mutex
+	// view maps the sealed template read-only: what a restore copies
+	// back. state is the vCPU state a restore reloads (nil with stateErr
+	// when KVM lacks what restoring needs), captured from the first vCPU
+	// made, before it ever ran.
+	view      []byte
+	viewPtr   unsafe.Pointer
+	stateOnce sync.Once
+	state     *vcpuState
+	stateErr  error
+
+	mu     sync.RWMutex // Close against restores reading view
 	closed bool
 }
 
@@ -125,6 +135,9 @@ func Prepare(elf []byte, limits machine.Limits) (*Image, error) {
 	}
 	if err == nil {
 		err = sealTemplate(fd)
+	}
+	if err == nil {
+		err = im.mapView()
 	}
 	if err != nil {
 		im.Close()
@@ -241,7 +254,13 @@ func (im *Image) Close() error {
 		return nil
 	}
 	im.closed = true
-	return unix.Close(im.memfd)
+	var errs []error
+	if im.viewPtr != nil {
+		errs = append(errs, unix.MunmapPtr(im.viewPtr, im.tsize))
+		im.viewPtr, im.view = nil, nil
+	}
+	errs = append(errs, unix.Close(im.memfd))
+	return errors.Join(errs...)
 }
 
 // NewMachine creates a VM with one vCPU, maps the template copy-on-write
@@ -251,13 +270,13 @@ func (im *Image) NewMachine() (machine.Machine, error) {
 }
 
 func (im *Image) newMachine() (m *Machine, err error) {
-	im.mu.Lock()
+	im.mu.RLock()
 	if im.closed {
-		im.mu.Unlock()
+		im.mu.RUnlock()
 		return nil, fmt.Errorf("hvt: image closed")
 	}
 	memfd := im.memfd
-	im.mu.Unlock()
+	im.mu.RUnlock()
 
 	mm := &Machine{im: im, vmfd: -1, vcpufd: -1}
 	m = mm
@@ -277,6 +296,9 @@ func (im *Image) newMachine() (m *Machine, err error) {
 	}
 	m.memPtr = p
 	m.mem = unsafe.Slice((*byte)(p), memSize)
+	// 4 KiB pages only: a transparent huge page would make one guest
+	// write turn 512 pages private, and every restore compare them all.
+	unix.Madvise(m.mem, unix.MADV_NOHUGEPAGE)
 	lap("mmap guest memory")
 	if _, err := unix.MmapPtr(memfd, 0, p, im.tsize, unix.PROT_READ|unix.PROT_WRITE,
 		unix.MAP_PRIVATE|unix.MAP_FIXED); err != nil {
@@ -319,6 +341,11 @@ func (im *Image) newMachine() (m *Machine, err error) {
 		return nil, err
 	}
 	lap("KVM_SET_REGS")
+	im.stateOnce.Do(func() {
+		if im.stateErr = checkRestoreCaps(im.sys); im.stateErr == nil {
+			im.state, im.stateErr = captureState(mm)
+		}
+	})
 	if im.warmOn {
 		if err = mm.warm(); err != nil {
 			return nil, err

@@ -38,10 +38,19 @@ type Machine struct {
 	used   atomic.Bool
 	kicked atomic.Bool
 
-	mu      sync.Mutex // guards running/tid against the kicker
+	mu      sync.Mutex // guards running/tid against the kicker, and the restore fields
 	running bool
 	tid     int
 	closed  bool
+
+	// Restore (restore.go): requests served since creation minus one,
+	// the page-map buffer, what the last restore did, and whether a
+	// restore failed half-way.
+	runs         int
+	pmBuf        []byte
+	lastCompared int
+	lastCopied   int
+	broken       bool
 }
 
 // Close destroys the VM: kvm_run mapping, vCPU and VM descriptors (the
@@ -112,7 +121,13 @@ type session struct {
 func (m *Machine) Run(ctx context.Context, req *machine.Request, stdout, stderr io.Writer) machine.Result {
 	start := time.Now()
 	if !m.used.CompareAndSwap(false, true) {
-		return machine.Result{Outcome: machine.InternalError, Detail: "machine already used", Cause: errors.New("hvt: a machine serves one request")}
+		return machine.Result{Outcome: machine.InternalError, Detail: "machine already used", Cause: errors.New("hvt: a machine serves one request per restore")}
+	}
+	m.mu.Lock()
+	broken := m.broken
+	m.mu.Unlock()
+	if broken {
+		return machine.Result{Outcome: machine.InternalError, Detail: "machine left half-restored", Cause: ErrRestore}
 	}
 	lap := phaseTimer("run")
 	s := &session{lap: lap, m: m, limits: m.im.limits, stdout: stdout, stderr: stderr, body: req.Body, bodyLeft: req.BodyLen}

@@ -44,6 +44,17 @@ int main(void) {
 	I(KVM_GET_TSC_KHZ) I(KVM_CAP_USER_MEMORY) I(KVM_CAP_GET_TSC_KHZ) I(KVM_CAP_IMMEDIATE_EXIT)
 	I(KVM_EXIT_IO) I(KVM_EXIT_HLT) I(KVM_EXIT_MMIO) I(KVM_EXIT_SHUTDOWN) I(KVM_EXIT_FAIL_ENTRY)
 	I(KVM_EXIT_INTR) I(KVM_EXIT_INTERNAL_ERROR) I(KVM_EXIT_SYSTEM_EVENT) I(KVM_EXIT_IO_OUT)
+	S(kvm_fpu) O(kvm_fpu, fcw) O(kvm_fpu, last_opcode) O(kvm_fpu, last_ip) O(kvm_fpu, xmm) O(kvm_fpu, mxcsr)
+	S(kvm_xcrs) O(kvm_xcrs, xcrs) S(kvm_xcr) S(kvm_debugregs) O(kvm_debugregs, dr7)
+	S(kvm_vcpu_events) O(kvm_vcpu_events, sipi_vector) O(kvm_vcpu_events, smi) O(kvm_vcpu_events, triple_fault)
+	O(kvm_vcpu_events, exception_has_payload) O(kvm_vcpu_events, exception_payload)
+	S(kvm_msrs) S(kvm_msr_entry) S(kvm_mp_state) S(kvm_sync_regs) O(kvm_sync_regs, sregs) O(kvm_sync_regs, events)
+	O(kvm_run, kvm_valid_regs) O(kvm_run, kvm_dirty_regs) O(kvm_run, s)
+	I(KVM_SET_MSRS) I(KVM_GET_FPU) I(KVM_SET_FPU) I(KVM_SET_MP_STATE) I(KVM_GET_VCPU_EVENTS) I(KVM_SET_VCPU_EVENTS)
+	I(KVM_GET_DEBUGREGS) I(KVM_SET_DEBUGREGS) I(KVM_GET_XSAVE) I(KVM_SET_XSAVE) I(KVM_GET_XCRS) I(KVM_SET_XCRS)
+	I(KVM_GET_XSAVE2) I(KVM_CAP_VCPU_EVENTS) I(KVM_CAP_DEBUGREGS) I(KVM_CAP_XCRS) I(KVM_CAP_SYNC_REGS) I(KVM_CAP_XSAVE2)
+	I(KVM_SYNC_X86_REGS) I(KVM_SYNC_X86_SREGS) I(KVM_SYNC_X86_EVENTS) I(KVM_MP_STATE_RUNNABLE)
+	printf("kvm_xsave.region %zu\n", sizeof(((struct kvm_xsave *)0)->region));
 	return 0;
 }
 `
@@ -136,6 +147,56 @@ func TestLayoutMatchesKernelHeaders(t *testing.T) {
 		"KVM_EXIT_INTERNAL_ERROR":    KVM_EXIT_INTERNAL_ERROR,
 		"KVM_EXIT_SYSTEM_EVENT":      KVM_EXIT_SYSTEM_EVENT,
 		"KVM_EXIT_IO_OUT":            KVM_EXIT_IO_OUT,
+
+		"kvm_fpu":                               uint64(unsafe.Sizeof(FPU{})),
+		"kvm_fpu.fcw":                           uint64(unsafe.Offsetof(FPU{}.FCW)),
+		"kvm_fpu.last_opcode":                   uint64(unsafe.Offsetof(FPU{}.LastOpcode)),
+		"kvm_fpu.last_ip":                       uint64(unsafe.Offsetof(FPU{}.LastIP)),
+		"kvm_fpu.xmm":                           uint64(unsafe.Offsetof(FPU{}.XMM)),
+		"kvm_fpu.mxcsr":                         uint64(unsafe.Offsetof(FPU{}.MXCSR)),
+		"kvm_xcrs":                              uint64(unsafe.Sizeof(XCRs{})),
+		"kvm_xcrs.xcrs":                         uint64(unsafe.Offsetof(XCRs{}.XCRs)),
+		"kvm_xcr":                               uint64(unsafe.Sizeof(XCR{})),
+		"kvm_debugregs":                         uint64(unsafe.Sizeof(DebugRegs{})),
+		"kvm_debugregs.dr7":                     uint64(unsafe.Offsetof(DebugRegs{}.DR7)),
+		"kvm_vcpu_events":                       uint64(unsafe.Sizeof(VCPUEvents{})),
+		"kvm_vcpu_events.sipi_vector":           uint64(unsafe.Offsetof(VCPUEvents{}.SIPIVector)),
+		"kvm_vcpu_events.smi":                   uint64(unsafe.Offsetof(VCPUEvents{}.SMI)),
+		"kvm_vcpu_events.triple_fault":          uint64(unsafe.Offsetof(VCPUEvents{}.TripleFault)),
+		"kvm_vcpu_events.exception_has_payload": uint64(unsafe.Offsetof(VCPUEvents{}.ExceptionHasPayload)),
+		"kvm_vcpu_events.exception_payload":     uint64(unsafe.Offsetof(VCPUEvents{}.ExceptionPayload)),
+		"kvm_msrs":                              8,
+		"kvm_msr_entry":                         uint64(unsafe.Sizeof(MSREntry{})),
+		"kvm_mp_state":                          uint64(unsafe.Sizeof(MPState{})),
+		"kvm_sync_regs":                         uint64(unsafe.Sizeof(SyncRegs{})),
+		"kvm_sync_regs.sregs":                   uint64(unsafe.Offsetof(SyncRegs{}.Sregs)),
+		"kvm_sync_regs.events":                  uint64(unsafe.Offsetof(SyncRegs{}.Events)),
+		"kvm_run.kvm_valid_regs":                runValidRegsOff,
+		"kvm_run.kvm_dirty_regs":                runDirtyRegsOff,
+		"kvm_run.s":                             runSyncRegsOff,
+		"KVM_SET_MSRS":                          uint64(KVM_SET_MSRS),
+		"KVM_GET_FPU":                           uint64(KVM_GET_FPU),
+		"KVM_SET_FPU":                           uint64(KVM_SET_FPU),
+		"KVM_SET_MP_STATE":                      uint64(KVM_SET_MP_STATE),
+		"KVM_GET_VCPU_EVENTS":                   uint64(KVM_GET_VCPU_EVENTS),
+		"KVM_SET_VCPU_EVENTS":                   uint64(KVM_SET_VCPU_EVENTS),
+		"KVM_GET_DEBUGREGS":                     uint64(KVM_GET_DEBUGREGS),
+		"KVM_SET_DEBUGREGS":                     uint64(KVM_SET_DEBUGREGS),
+		"KVM_GET_XSAVE":                         uint64(KVM_GET_XSAVE),
+		"KVM_SET_XSAVE":                         uint64(KVM_SET_XSAVE),
+		"KVM_GET_XCRS":                          uint64(KVM_GET_XCRS),
+		"KVM_SET_XCRS":                          uint64(KVM_SET_XCRS),
+		"KVM_GET_XSAVE2":                        uint64(KVM_GET_XSAVE2),
+		"KVM_CAP_VCPU_EVENTS":                   KVM_CAP_VCPU_EVENTS,
+		"KVM_CAP_DEBUGREGS":                     KVM_CAP_DEBUGREGS,
+		"KVM_CAP_XCRS":                          KVM_CAP_XCRS,
+		"KVM_CAP_SYNC_REGS":                     KVM_CAP_SYNC_REGS,
+		"KVM_CAP_XSAVE2":                        KVM_CAP_XSAVE2,
+		"KVM_SYNC_X86_REGS":                     KVM_SYNC_X86_REGS,
+		"KVM_SYNC_X86_SREGS":                    KVM_SYNC_X86_SREGS,
+		"KVM_SYNC_X86_EVENTS":                   KVM_SYNC_X86_EVENTS,
+		"KVM_MP_STATE_RUNNABLE":                 KVM_MP_STATE_RUNNABLE,
+		"kvm_xsave.region":                      uint64(unsafe.Sizeof(XSave{})),
 	}
 	for name, want := range c {
 		got, ok := go_[name]

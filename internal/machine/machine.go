@@ -114,6 +114,36 @@ type Machine interface {
 	Close() error
 }
 
+// Resetter is implemented by machines that can be returned to their
+// image's pristine state after a request and serve another one (the
+// "restore" isolation mode). Reset must leave nothing of the previous
+// request observable; when it fails the machine must be destroyed.
+type Resetter interface {
+	Reset() error
+}
+
+// Isolation modes: how a machine is made pristine for each request.
+const (
+	// IsolationRestore reuses a machine after restoring it to the
+	// template state (kinds that implement Resetter); the default.
+	IsolationRestore = "restore"
+	// IsolationFresh gives every request a newly created machine.
+	IsolationFresh = "fresh"
+)
+
+// ValidIsolation reports whether s names an isolation mode ("" is the
+// default, restore).
+func ValidIsolation(s string) bool {
+	return s == "" || s == IsolationRestore || s == IsolationFresh
+}
+
+// Reusable reports whether a machine that ended with res may be restored
+// and reused: only one whose guest ended on its own. A fault, a deadline,
+// a limit, a host error or a client that went away destroys the machine
+// even though a restore would reset it, so that a guest that found a way
+// to misbehave never gets a second request on the same VM.
+func Reusable(res Result) bool { return res.Outcome == Served }
+
 // Kind prepares images of one machine kind.
 type Kind interface {
 	Name() string

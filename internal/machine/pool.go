@@ -22,22 +22,31 @@ type PoolOptions struct {
 	// When it is full, Release closes the machine in the caller: slower,
 	// but memory stays bounded.
 	DestroyQueue int
+	// Reuse turns on the restore isolation mode: Recycle restores a
+	// machine that ended well (Reusable) on a background worker and puts
+	// it back among the ready ones, if the kind can (Resetter).
+	Reuse bool
 }
 
 // PoolStats are counters since the pool was made.
 type PoolStats struct {
 	Hits, Misses, Created, Destroyed, CreateErrors int64
-	Ready, Target                                  int
+	// Restored counts machines reset and made ready again; RestoreErrors
+	// those whose reset failed (they were destroyed).
+	Restored, RestoreErrors int64
+	Ready, Target           int
 }
 
-// Pool keeps never-used machines of one image ready, so a request does not
-// pay for machine creation, and destroys used machines on bounded
-// background workers, so it does not pay for destruction either. A machine
-// handed out by Get is never handed out again.
+// Pool keeps pristine machines of one image ready, so a request does not
+// pay for machine creation, and destroys (or, with Reuse, restores) used
+// machines on bounded background workers, so it does not pay for that
+// either. A machine handed out by Get is handed out again only after its
+// restore has finished.
 type Pool struct {
 	img     Image
+	reuse   bool
 	ready   chan Machine
-	destroy chan Machine
+	destroy chan used
 	stop    chan struct{}
 	wake    chan struct{} // nudges the filler: a machine was taken or the target changed
 	target  atomic.Int64
@@ -47,6 +56,14 @@ type Pool struct {
 	closed bool
 
 	hits, misses, created, destroyed, createErrs atomic.Int64
+	restored, restoreErrs                        atomic.Int64
+}
+
+// used is a machine on its way to a background worker: to be reset and
+// made ready again, or destroyed.
+type used struct {
+	m     Machine
+	reset bool
 }
 
 // NewPool starts a pool for img.
@@ -62,8 +79,9 @@ func NewPool(img Image, o PoolOptions) *Pool {
 	}
 	p := &Pool{
 		img:     img,
+		reuse:   o.Reuse,
 		ready:   make(chan Machine, o.MaxSize),
-		destroy: make(chan Machine, o.DestroyQueue),
+		destroy: make(chan used, o.DestroyQueue),
 		stop:    make(chan struct{}),
 		wake:    make(chan struct{}, 1),
 	}
@@ -92,8 +110,8 @@ func (p *Pool) poke() {
 	}
 }
 
-// fill keeps len(ready) at the target. Only fill sends on ready, so a send
-// after seeing len < target (<= cap) never blocks.
+// fill keeps len(ready) at the target. fill's sends may block only while
+// restored machines fill the room it saw; Close unblocks it.
 func (p *Pool) fill() {
 	defer p.wg.Done()
 	backoff := time.Millisecond
@@ -131,16 +149,37 @@ func (p *Pool) fill() {
 		case <-p.stop:
 			p.closeMachine(m)
 			return
-		default:
-			p.ready <- m
+		case p.ready <- m:
 		}
 	}
 }
 
 func (p *Pool) destroyer() {
 	defer p.wg.Done()
-	for m := range p.destroy {
-		p.closeMachine(m)
+	for u := range p.destroy {
+		if u.reset && p.restore(u.m) {
+			continue
+		}
+		p.closeMachine(u.m)
+	}
+}
+
+// restore resets m and makes it ready again; it reports false when m is to
+// be destroyed instead (the reset failed, or enough machines are ready).
+func (p *Pool) restore(m Machine) bool {
+	if int64(len(p.ready)) >= p.target.Load() {
+		return false // a surplus machine: give its memory back
+	}
+	if err := m.(Resetter).Reset(); err != nil {
+		p.restoreErrs.Add(1)
+		return false
+	}
+	select {
+	case p.ready <- m:
+		p.restored.Add(1)
+		return true
+	default:
+		return false
 	}
 }
 
@@ -170,27 +209,37 @@ func (p *Pool) Get() (m Machine, hit bool, err error) {
 }
 
 // Release hands a used machine to the destroy workers.
-func (p *Pool) Release(m Machine) {
+func (p *Pool) Release(m Machine) { p.hand(used{m: m}) }
+
+// Recycle hands back a machine that served a request ending with res: in
+// restore mode, a machine that ended well is restored and made ready
+// again; any other is destroyed.
+func (p *Pool) Recycle(m Machine, res Result) {
+	_, can := m.(Resetter)
+	p.hand(used{m: m, reset: p.reuse && can && Reusable(res)})
+}
+
+func (p *Pool) hand(u used) {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	if !p.closed {
 		select {
-		case p.destroy <- m:
+		case p.destroy <- u:
 			return
 		default:
 		}
 	}
-	p.closeMachine(m)
+	p.closeMachine(u.m)
 }
 
-// Do serves one request on a fresh machine and releases it.
+// Do serves one request on a pristine machine and recycles it.
 func (p *Pool) Do(ctx context.Context, req *Request, stdout, stderr io.Writer) (Result, error) {
 	m, _, err := p.Get()
 	if err != nil {
 		return Result{}, err
 	}
 	res := m.Run(ctx, req, stdout, stderr)
-	p.Release(m)
+	p.Recycle(m, res)
 	return res, nil
 }
 
@@ -199,6 +248,7 @@ func (p *Pool) Stats() PoolStats {
 	return PoolStats{
 		Hits: p.hits.Load(), Misses: p.misses.Load(), Created: p.created.Load(),
 		Destroyed: p.destroyed.Load(), CreateErrors: p.createErrs.Load(), Ready: len(p.ready),
+		Restored: p.restored.Load(), RestoreErrors: p.restoreErrs.Load(),
 		Target: int(p.target.Load()),
 	}
 }

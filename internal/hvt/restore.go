@@ -1,0 +1,258 @@
+package hvt
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dust-run/dust/internal/kvm"
+)
+
+// Restore: a machine that served a request is returned to its image's
+// template state and serves the next one, instead of a new KVM VM being
+// built (≈ 1.2 ms of kernel time here) and the old one torn down.
+//
+// "Template state" is memory plus the complete vCPU state the guest can
+// observe, captured once per image from a vCPU that has never run
+// (vcpuState). Restoring is positive erasure: every piece of state is
+// reloaded from the snapshot whether or not the guest touched it, so
+// nothing depends on knowing what a guest did. The one thing that cannot
+// be reloaded wholesale cheaply is memory, and there the guest is not
+// trusted either: the pages to look at come from the host kernel's page
+// map, not from anything the guest wrote.
+//
+// Memory. A page the guest (or the monitor) ever wrote is a private
+// anonymous page of the guest mapping; one it only read, or never
+// touched, is still the template's file page, the shared zero page or
+// absent. So /proc/self/pagemap (one pread: ≈ 9-13 µs for 2-16 MiB guests
+// here) yields every page that may differ; each is compared with the
+// template and copied back if it does. Pages stay mapped, in the host and
+// in KVM's shadow page tables: under shadow paging every refault costs
+// ≈ 17 µs, so dropping pages (MADV_DONTNEED) would make every restored
+// request pay again what the warm-up paid once. RATIONALE.md has the
+// figures behind this choice.
+//
+// The guest cannot change what KVM's shadow tables map: its page tables
+// are supervisor pages it cannot write, and copying bytes back into a page
+// that is already private changes no mapping, so KVM needs no telling.
+
+// vcpuState is everything about a vCPU a restore reloads.
+type vcpuState struct {
+	regs   kvm.Regs
+	sregs  kvm.Sregs
+	xsave  kvm.XSave
+	xcrs   kvm.XCRs
+	dregs  kvm.DebugRegs
+	events kvm.VCPUEvents
+	tsc    uint64 // guest TSC at capture: a restored machine starts its clock here again
+}
+
+// ErrRestore wraps every failure to restore a machine; the machine is then
+// destroyed instead of reused.
+var ErrRestore = errors.New("hvt: restore failed")
+
+// restoreCaps are the KVM capabilities a restore needs; without them the
+// image serves in fresh mode only.
+var restoreCaps = []struct {
+	cap  uintptr
+	name string
+}{
+	{kvm.KVM_CAP_VCPU_EVENTS, "KVM_CAP_VCPU_EVENTS"},
+	{kvm.KVM_CAP_DEBUGREGS, "KVM_CAP_DEBUGREGS"},
+	{kvm.KVM_CAP_XCRS, "KVM_CAP_XCRS"},
+	{kvm.KVM_CAP_SYNC_REGS, "KVM_CAP_SYNC_REGS"},
+}
+
+func checkRestoreCaps(sys *kvm.System) error {
+	for _, c := range restoreCaps {
+		if sys.CheckExtension(c.cap) <= 0 {
+			return fmt.Errorf("%w: KVM lacks %s", ErrRestore, c.name)
+		}
+	}
+	if n := sys.CheckExtension(kvm.KVM_CAP_XSAVE2); n > int(unsafe.Sizeof(kvm.XSave{})) {
+		// Larger XSAVE areas (AMX tiles) would not fit the 4 KiB region
+		// this monitor saves; a fresh VM per request is still correct.
+		return fmt.Errorf("%w: the vCPU's XSAVE area is %d bytes, more than the %d this monitor restores", ErrRestore, n, unsafe.Sizeof(kvm.XSave{}))
+	}
+	const syncAll = kvm.KVM_SYNC_X86_REGS | kvm.KVM_SYNC_X86_SREGS | kvm.KVM_SYNC_X86_EVENTS
+	if sys.CheckExtension(kvm.KVM_CAP_SYNC_REGS)&syncAll != syncAll {
+		return fmt.Errorf("%w: KVM_CAP_SYNC_REGS does not cover registers, special registers and events", ErrRestore)
+	}
+	return nil
+}
+
+// captureState reads the state of a vCPU that has the entry registers set
+// and has never run.
+func captureState(m *Machine) (*vcpuState, error) {
+	st := &vcpuState{regs: m.im.regs, sregs: m.im.sregs}
+	steps := []func() error{
+		func() error { return kvm.GetXSave(m.vcpufd, &st.xsave) },
+		func() error { return kvm.GetXCRs(m.vcpufd, &st.xcrs) },
+		func() error { return kvm.GetDebugRegs(m.vcpufd, &st.dregs) },
+		func() error { return kvm.GetVCPUEvents(m.vcpufd, &st.events) },
+	}
+	for _, f := range steps {
+		if err := f(); err != nil {
+			return nil, fmt.Errorf("%w: capturing vCPU state: %w", ErrRestore, err)
+		}
+	}
+	// A fresh vCPU's TSC starts at 0 when it is created; restoring to 0
+	// gives every request what a brand-new VM would show.
+	st.tsc = 0
+	return st, nil
+}
+
+// pagemap is this process's page map, opened once.
+var pagemap struct {
+	once sync.Once
+	f    *os.File
+	err  error
+}
+
+func pagemapFile() (*os.File, error) {
+	pagemap.once.Do(func() { pagemap.f, pagemap.err = os.Open("/proc/self/pagemap") })
+	return pagemap.f, pagemap.err
+}
+
+// Page map entry bits (Documentation/admin-guide/mm/pagemap.rst).
+const (
+	pmPresent   = 1 << 63
+	pmFile      = 1 << 61 // file page or shared anonymous
+	pmExclusive = 1 << 56 // mapped by this process only
+)
+
+var zeroPage [pageSize]byte
+
+// restoreMemory copies back every page that differs from the template and
+// returns how many it compared and copied.
+func (m *Machine) restoreMemory() (compared, copied int, err error) {
+	f, err := pagemapFile()
+	if err != nil {
+		return 0, 0, fmt.Errorf("%w: %w", ErrRestore, err)
+	}
+	n := len(m.mem) / pageSize
+	if cap(m.pmBuf) < 8*n {
+		m.pmBuf = make([]byte, 8*n)
+	}
+	buf := m.pmBuf[:8*n]
+	if _, err := f.ReadAt(buf, int64(uintptr(m.memPtr)/pageSize*8)); err != nil {
+		return 0, 0, fmt.Errorf("%w: reading the page map: %w", ErrRestore, err)
+	}
+	tmpl := m.im.view
+	for i := range n {
+		e := binary.LittleEndian.Uint64(buf[8*i:])
+		if e&pmPresent == 0 || e&pmFile != 0 || e&pmExclusive == 0 {
+			continue // the template's page, the zero page or absent: pristine
+		}
+		off := i * pageSize
+		page := m.mem[off : off+pageSize]
+		want := zeroPage[:]
+		if off < len(tmpl) {
+			want = tmpl[off : off+pageSize]
+		}
+		compared++
+		if !bytes.Equal(page, want) {
+			copy(page, want)
+			copied++
+		}
+	}
+	return compared, copied, nil
+}
+
+// Reset returns the machine to its image's template state so that it can
+// serve another request: memory, every vCPU register class, pending
+// events, the TSC, and the monitor's per-request state. It must not be
+// called while Run is running. A failed reset leaves the machine unusable;
+// destroy it.
+func (m *Machine) Reset() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed || m.running {
+		return fmt.Errorf("%w: machine closed or running", ErrRestore)
+	}
+	st := m.im.state
+	if st == nil {
+		return fmt.Errorf("%w: %v", ErrRestore, m.im.stateErr)
+	}
+	lap := phaseTimer("restore")
+	m.im.mu.RLock()
+	if m.im.closed {
+		m.im.mu.RUnlock()
+		return fmt.Errorf("%w: image closed", ErrRestore)
+	}
+	compared, copied, err := m.restoreMemory()
+	m.im.mu.RUnlock()
+	if err != nil {
+		m.broken = true
+		return err
+	}
+	m.lastCompared, m.lastCopied = compared, copied
+	lap("memory (page map, compare, copy)")
+	fd := m.vcpufd
+	tsc := kvm.MSRs{NMSRs: 1}
+	tsc.Entries[0] = kvm.MSREntry{Index: kvm.MSR_IA32_TSC, Data: st.tsc}
+	steps := []func() error{
+		func() error { return kvm.SetXSave(fd, &st.xsave) },
+		func() error { return kvm.SetXCRs(fd, &st.xcrs) },
+		func() error { return kvm.SetDebugRegs(fd, &st.dregs) },
+		func() error { return kvm.SetMSRs(fd, &tsc) },
+		func() error { return kvm.SetMPState(fd, kvm.MPState{State: kvm.KVM_MP_STATE_RUNNABLE}) },
+	}
+	for _, f := range steps {
+		if err := f(); err != nil {
+			m.broken = true
+			return fmt.Errorf("%w: %w", ErrRestore, err)
+		}
+	}
+	lap("XSAVE, XCRs, debug registers, TSC, run state")
+	// Registers, special registers and events go through kvm_run's sync
+	// area: the next KVM_RUN loads them, three ioctls fewer.
+	sync := m.run.Sync()
+	sync.Regs = st.regs
+	sync.Sregs = st.sregs
+	sync.Events = st.events
+	*m.run.DirtyRegs() = kvm.KVM_SYNC_X86_REGS | kvm.KVM_SYNC_X86_SREGS | kvm.KVM_SYNC_X86_EVENTS
+	m.run.ImmediateExit = 0
+	m.kicked.Store(false)
+	m.used.Store(false)
+	m.runs++
+	lap("registers (sync area)")
+	return nil
+}
+
+// Reused reports how many times the machine has been restored: 0 for a
+// machine that has served at most one request since it was created.
+func (m *Machine) Reused() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.runs
+}
+
+// LastRestore reports what the last Reset did to memory: pages compared
+// with the template and pages copied back.
+func (m *Machine) LastRestore() (compared, copied int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.lastCompared, m.lastCopied
+}
+
+// mapView maps the sealed template read-only, for comparing and copying
+// back. It costs address space only.
+func (im *Image) mapView() error {
+	if im.tsize == 0 {
+		return nil
+	}
+	p, err := unix.MmapPtr(im.memfd, 0, nil, im.tsize, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return fmt.Errorf("hvt: mapping the template view: %w", err)
+	}
+	im.viewPtr = p
+	im.view = unsafe.Slice((*byte)(p), im.tsize)
+	return nil
+}
