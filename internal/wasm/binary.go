@@ -63,6 +63,12 @@ var wasmHeader = []byte("\x00asm\x01\x00\x00\x00")
 
 var errMalformed = errors.New("malformed wasm binary")
 
+// maxCustomSections bounds the sections a binary may have: the others
+// come at most once each, while empty custom sections take two bytes, and
+// each costs a decoder (ours and wazero's) a few dozen bytes. Toolchains
+// write a handful (name, producers, target_features, DWARF's).
+const maxCustomSections = 1000
+
 // binModule is a module split into sections. Section bodies alias the
 // parsed input until replaced.
 type binModule struct {
@@ -85,7 +91,7 @@ func parseBinary(b []byte) (*binModule, error) {
 	}
 	r := &reader{b: b, off: len(wasmHeader)}
 	m := &binModule{}
-	last := 0
+	last, customs := 0, 0
 	for r.off < len(b) {
 		id := r.byte()
 		at := r.off
@@ -95,7 +101,11 @@ func parseBinary(b []byte) (*binModule, error) {
 		if r.err != nil {
 			return nil, r.err
 		}
-		if id != secCustom {
+		if id == secCustom {
+			if customs++; customs > maxCustomSections {
+				return nil, fmt.Errorf("%w: more than %d custom sections", errMalformed, maxCustomSections)
+			}
+		} else {
 			rank, ok := sectionRank[id]
 			if !ok {
 				return nil, fmt.Errorf("%w: unknown section id %d", errMalformed, id)

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tetratelabs/wazero/api"
 	"github.com/tetratelabs/wazero/experimental"
 	"github.com/tetratelabs/wazero/sys"
 
@@ -87,6 +88,9 @@ func (m *Machine) Run(ctx context.Context, req *machine.Request, stdout, stderr 
 	if err == nil {
 		status, err = mod.ExportedFunction(im.entry).Call(ictx)
 		res.MemoryBytes = int64(len(mem.buf))
+		if err != nil && im.tablesCapped && ctx.Err() == nil {
+			mem.tablesFull = tablesFull(ictx, mod)
+		}
 		// The instance is never reused: it goes as soon as the guest is
 		// done, whatever the outcome.
 		mod.Close(context.Background())
@@ -137,6 +141,9 @@ func classify(res *machine.Result, ctx context.Context, err error, mem *linearMe
 		case ok && mem.refused.Load():
 			res.Outcome = machine.MemoryLimit
 			res.Detail = fmt.Sprintf("memory.grow beyond %d KiB refused; the guest then trapped: %s", mem.limit>>10, trap)
+		case ok && mem.tablesFull:
+			res.Outcome = machine.MemoryLimit
+			res.Detail = fmt.Sprintf("table.grow beyond the %d table entries the %d KiB memory limit allows refused; the guest then trapped: %s", mem.limit/tableEntryBytes, mem.limit>>10, trap)
 		case ok:
 			res.Outcome, res.Detail = machine.Fault, trap
 		default:
@@ -242,6 +249,9 @@ type linearMemory struct {
 	buf     []byte
 	limit   uint64
 	refused atomic.Bool
+	// tablesFull is set after a trap when a table capped by capTables is
+	// at its maximum: the table's share of the memory limit ran out.
+	tablesFull bool
 }
 
 // Allocate makes m the memory itself: an allocator serves one instance,
@@ -268,3 +278,15 @@ func (m *linearMemory) Reallocate(size uint64) []byte {
 }
 
 func (m *linearMemory) Free() { m.buf = nil }
+
+// tablesFull asks a trapped instance whether a capped table is full. An
+// instance that exited is closed and cannot answer; its exit status
+// stands.
+func tablesFull(ctx context.Context, mod api.Module) bool {
+	f := mod.ExportedFunction(limitsExport)
+	if f == nil {
+		return false
+	}
+	r, err := f.Call(ctx)
+	return err == nil && len(r) == 1 && r[0] == 1
+}

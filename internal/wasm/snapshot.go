@@ -272,9 +272,6 @@ func (im *Image) snapshot(ctx context.Context, image []byte) error {
 	if err := checkSignature(compiled, ServeExport, []api.ValueType{api.ValueTypeI32}); err != nil {
 		return err
 	}
-	if err := im.checkMemory(compiled); err != nil {
-		return err
-	}
 
 	ctx, cancel := context.WithTimeout(ctx, im.limits.Timeout)
 	defer cancel()

@@ -98,6 +98,9 @@ type Image struct {
 	entry         string
 	reactor       bool
 	snapshotBytes int
+	// tablesCapped is set when limitModule gave tables maxima and added
+	// limitsExport to tell a full one.
+	tablesCapped bool
 
 	mu     sync.Mutex
 	refs   int // the image's own reference plus one per live machine
@@ -144,6 +147,11 @@ func Prepare(image []byte, limits machine.Limits, o Options) (*Image, error) {
 		rt.Close(ctx)
 		return nil, fmt.Errorf("%w: wasm: instantiating WASI: %v", machine.ErrInternal, err)
 	}
+	image, im.tablesCapped, err = limitModule(image, im.maxBytes)
+	if err != nil {
+		rt.Close(ctx)
+		return nil, err
+	}
 	if isReactor(image) {
 		err = im.snapshot(ctx, image)
 	} else {
@@ -164,9 +172,6 @@ func Prepare(image []byte, limits machine.Limits, o Options) (*Image, error) {
 func (im *Image) Reactor() (bool, int) { return im.reactor, im.snapshotBytes }
 
 func (im *Image) compile(ctx context.Context, image []byte) error {
-	if err := checkCounts(image); err != nil {
-		return fmt.Errorf("%w: %v", machine.ErrBadImage, err)
-	}
 	compiled, err := im.rt.CompileModule(ctx, image)
 	if err != nil {
 		return fmt.Errorf("%w: %s%v", machine.ErrBadImage, componentHint(image), err)
@@ -190,24 +195,7 @@ func (im *Image) compile(ctx context.Context, image []byte) error {
 	if len(start.ParamTypes()) != 0 || len(start.ResultTypes()) != 0 {
 		return fmt.Errorf("%w: _start has signature %s, want () -> ()", machine.ErrBadImage, start.DebugName())
 	}
-	if err := im.checkMemory(compiled); err != nil {
-		return err
-	}
 	im.entry = "_start"
-	return nil
-}
-
-// checkMemory refuses a module whose memory alone is over the limit.
-func (im *Image) checkMemory(compiled wazero.CompiledModule) error {
-	mems := compiled.ImportedMemories()
-	for _, m := range compiled.ExportedMemories() {
-		mems = append(mems, m)
-	}
-	for _, m := range mems {
-		if need := uint64(m.Min()) * pageSize; need > im.maxBytes {
-			return fmt.Errorf("%w: the module's memory starts at %d KiB, over the %d KiB limit", machine.ErrBadImage, need>>10, im.maxBytes>>10)
-		}
-	}
 	return nil
 }
 
