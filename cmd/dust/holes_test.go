@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
@@ -131,8 +133,13 @@ func startHolesServer(t *testing.T, flags ...string) *serveProc {
 func TestHoleSlowBody(t *testing.T) {
 	p := startHolesServer(t)
 	const timeout = 2 * time.Second
+	// Both kinds: two hvt echos and two wasm ones.
 	for i := range 4 {
-		p.deployAs(t, fmt.Sprintf("echo%d", i), example(t, "echo"), fmt.Sprintf("route=/echo%d&timeout=%v", i, timeout))
+		img := example(t, "echo")
+		if i >= 2 {
+			img = wasmEcho(t)
+		}
+		p.deployAs(t, fmt.Sprintf("echo%d", i), img, fmt.Sprintf("route=/echo%d&timeout=%v", i, timeout))
 	}
 	p.deployAs(t, "hello", example(t, "hello"), "route=/hello")
 
@@ -379,3 +386,17 @@ func TestHoleFairness(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// wasmEcho builds examples/echo for wasm32-wasi.
+func wasmEcho(t *testing.T) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "echo.wasm")
+	if msg, err := exec.Command("clang", "--target=wasm32-wasi", "-O2", "-o", out, "../../examples/echo/echo.c").CombinedOutput(); err != nil {
+		if os.Getenv("DUST_REQUIRE_WASM_TOOLCHAIN") == "1" {
+			t.Fatalf("clang for wasm32-wasi: %v\n%s", err, msg)
+		}
+		t.Skipf("no wasm32-wasi toolchain (apt install clang lld wasi-libc libclang-rt-14-dev-wasm32): %v", err)
+	}
+	return out
+}
+
