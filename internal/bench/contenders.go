@@ -138,6 +138,7 @@ func machineContenders(a *artifacts, log func(string, ...any)) (cs []*contender,
 		spawn.do = spawnDo(a.staticHello)
 	}
 	cs = append(cs, spawn)
+	cs = append(cs, containerContenders(a)...)
 
 	cgiC := &contender{Name: "http-cgi", Isolation: "process", Note: "Go net/http/cgi starting static C hello, loopback HTTP"}
 	if cgiC.skip = a.why("hello-static"); cgiC.skip == "" {
@@ -168,10 +169,11 @@ func machineContenders(a *artifacts, log func(string, ...any)) (cs []*contender,
 		q.skip = err.Error()
 	default:
 		if q.skip = a.why("qemu-guest"); q.skip == "" {
-			if err := runQEMU(context.Background(), bin, a.qemuGuest); err != nil {
+			if cpu, err := qemuCPU(context.Background(), bin, a.qemuGuest); err != nil {
 				q.skip = err.Error()
 			} else {
-				q.do = func(ctx context.Context) error { return runQEMU(ctx, bin, a.qemuGuest) }
+				q.Note += ", -cpu " + cpu
+				q.do = func(ctx context.Context) error { return runQEMU(ctx, bin, a.qemuGuest, cpu) }
 			}
 		}
 	}
@@ -227,7 +229,12 @@ func imageDo(im machine.Image, path string) func(context.Context) error {
 // spawnDo is what posix_spawn does: clone(CLONE_VM|CLONE_VFORK) + execve,
 // then wait; stdout through a pipe.
 func spawnDo(bin string) func(context.Context) error {
-	attr := &syscall.ProcAttr{Env: helloEnv}
+	return forkExecDo(bin, &syscall.ProcAttr{Env: helloEnv})
+}
+
+// forkExecDo starts bin with attr (its Files are replaced), reads its
+// stdout through a pipe and waits for it.
+func forkExecDo(bin string, attr *syscall.ProcAttr) func(context.Context) error {
 	buf := make([]byte, 4096)
 	return func(context.Context) error {
 		r, w, err := os.Pipe()
@@ -239,7 +246,7 @@ func spawnDo(bin string) func(context.Context) error {
 		w.Close()
 		if err != nil {
 			r.Close()
-			return err
+			return fmt.Errorf("starting %s: %w", bin, err)
 		}
 		n, _ := io.ReadFull(r, buf)
 		r.Close()
