@@ -48,9 +48,14 @@ type Machine struct {
 	// restore failed half-way.
 	runs         int
 	pmBuf        []byte
+	regions      []pageRegion // PAGEMAP_SCAN output buffer
+	found        []pageRegion // written ranges of the last restore
 	lastCompared int
 	lastCopied   int
 	broken       bool
+	// lastExited: the last run ended in the guest's EXIT hypercall, so
+	// no exception happened (see Reset).
+	lastExited bool
 }
 
 // Close destroys the VM: kvm_run mapping, vCPU and VM descriptors (the
@@ -373,6 +378,9 @@ func (s *session) io() bool {
 			s.end(machine.Served, "")
 		}
 		s.res.ExitStatus = int(r.status)
+		m.mu.Lock()
+		m.lastExited = true
+		m.mu.Unlock()
 		return false
 	default:
 		s.end(machine.BadHypercall, fmt.Sprintf("unknown hypercall port %#x", io.Port))
