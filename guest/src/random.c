@@ -42,7 +42,13 @@ static unsigned used = sizeof block; /* bytes of block already handed out */
 
 void __dust_random_init(const uint8_t seed[32])
 {
+	/* A fresh key starts a fresh stream: nothing generated under an
+	 * earlier key (before a snapshot point) may be handed out after. */
 	memcpy(key, seed, sizeof key);
+	memset(nonce, 0, sizeof nonce);
+	memset(block, 0, sizeof block);
+	counter = 0;
+	used = sizeof block;
 }
 
 void dust_random(void *buf, size_t n)

@@ -20,6 +20,7 @@ const (
 	hcWrite  = 1
 	hcRead   = 2
 	hcExit   = 3
+	hcReady  = 4 // no argument struct: the snapshot point (snapshot.go)
 
 	fdStdout = 1
 	fdStderr = 2

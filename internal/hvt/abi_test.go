@@ -26,7 +26,7 @@ int main(void) {
 	P("version", DUST_ABI_VERSION) P("note_type", DUST_NOTE_TYPE) P("magic", DUST_BOOT_MAGIC)
 	P("monitor_end", DUST_MONITOR_END) P("boot_info", DUST_BOOT_INFO)
 	P("request_base", DUST_REQUEST_BASE) P("request_end", DUST_REQUEST_END) P("image_base", DUST_IMAGE_BASE)
-	P("port_base", DUST_PORT_BASE) P("write", DUST_HC_WRITE) P("read", DUST_HC_READ) P("exit", DUST_HC_EXIT)
+	P("port_base", DUST_PORT_BASE) P("write", DUST_HC_WRITE) P("read", DUST_HC_READ) P("exit", DUST_HC_EXIT) P("ready", DUST_HC_READY)
 	P("stdout", DUST_FD_STDOUT) P("stderr", DUST_FD_STDERR)
 	P("exit_normal", DUST_EXIT_NORMAL) P("exit_abort", DUST_EXIT_ABORT) P("exit_oom", DUST_EXIT_OOM)
 	P("bi_size", sizeof(struct dust_boot_info))
@@ -53,7 +53,7 @@ int main(void) {
 	want := map[string]uint64{
 		"version": abiVersion, "note_type": noteType, "magic": bootMagic, "monitor_end": monitorEnd,
 		"boot_info": bootInfoAddr, "request_base": requestBase, "request_end": requestEnd, "image_base": imageBase,
-		"port_base": portBase, "write": hcWrite, "read": hcRead, "exit": hcExit, "stdout": fdStdout, "stderr": fdStderr,
+		"port_base": portBase, "write": hcWrite, "read": hcRead, "exit": hcExit, "ready": hcReady, "stdout": fdStdout, "stderr": fdStderr,
 		"exit_normal": exitNormal, "exit_abort": exitAbort, "exit_oom": exitOOM, "bi_size": bootInfoSize,
 		"dust_boot_info.abi_version": biABIVersion, "dust_boot_info.size": biSize, "dust_boot_info.mem_size": biMemSize,
 		"dust_boot_info.heap_start": biHeapStart, "dust_boot_info.heap_end": biHeapEnd, "dust_boot_info.stack_top": biStackTop,

@@ -80,6 +80,9 @@ type Image struct {
 	stateOnce sync.Once
 	state     *vcpuState
 	stateErr  error
+	// snapshotted: the template is the program's state at its ready
+	// point (snapshot.go), not at boot.
+	snapshotted bool
 
 	mu     sync.RWMutex // Close against restores reading view
 	closed bool
@@ -129,12 +132,16 @@ func Prepare(elf []byte, limits machine.Limits) (*Image, error) {
 	for i := range img.segments {
 		img.segments[i].data = nil
 	}
+	if _, err := im.snapshot(); err != nil {
+		im.Close()
+		return nil, fmt.Errorf("%w: %w", machine.ErrBadImage, err)
+	}
 	list, err := im.probe()
 	if err == nil {
 		err = im.setWarmList(list)
 	}
 	if err == nil {
-		err = sealTemplate(fd)
+		err = sealTemplate(im.memfd)
 	}
 	if err == nil {
 		err = im.mapView()
@@ -346,6 +353,12 @@ func (im *Image) newMachine() (m *Machine, err error) {
 			im.state, im.stateErr = captureState(mm)
 		}
 	})
+	if im.snapshotted {
+		if err = mm.applySnapshotState(); err != nil {
+			return nil, err
+		}
+		lap("snapshot vCPU state")
+	}
 	if im.warmOn {
 		if err = mm.warm(); err != nil {
 			return nil, err

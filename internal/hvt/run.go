@@ -56,6 +56,9 @@ type Machine struct {
 	// lastExited: the last run ended in the guest's EXIT hypercall, so
 	// no exception happened (see Reset).
 	lastExited bool
+	// stopAtReady makes the READY hypercall end the run (the snapshot
+	// run, snapshot.go); readyHit says it did.
+	stopAtReady, readyHit bool
 }
 
 // Close destroys the VM: kvm_run mapping, vCPU and VM descriptors (the
@@ -352,6 +355,15 @@ func (s *session) io() bool {
 			return s.badCall("READ", err)
 		}
 		return s.read(gpa, m.mem[r.buf:r.buf+r.len])
+	case portBase + hcReady:
+		// The snapshot point: it ends the snapshot run at Prepare; in a
+		// request it is already behind the guest and returns at once.
+		if m.stopAtReady {
+			m.readyHit = true
+			s.end(machine.Served, "reached its ready point")
+			return false
+		}
+		return true
 	case portBase + hcExit:
 		r, err := decodeExit(m.mem, gpa)
 		if err != nil {

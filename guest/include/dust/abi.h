@@ -31,6 +31,11 @@
 #define DUST_HC_WRITE  1u
 #define DUST_HC_READ   2u
 #define DUST_HC_EXIT   3u
+/* DUST_HC_READY (eax = 0, no argument struct): the program has finished
+ * initialising. When the monitor prepares the image it snapshots the
+ * machine here, and every request then starts from this point with the
+ * request in the boot info; in a request it returns at once. */
+#define DUST_HC_READY  4u
 
 #define DUST_FD_STDOUT 1u
 #define DUST_FD_STDERR 2u

@@ -35,6 +35,16 @@ enum {
 };
 extern uint64_t __dust_entry_regs[DUST_ENTRY_NREGS];
 
+/* Marks the end of the program's initialisation (DUST_HC_READY): the
+ * monitor snapshots the machine here when it prepares the image, so every
+ * request starts from this point and start-up work is paid once per deploy,
+ * not per request. Returns the request's argc and sets *argv (if argv is
+ * not NULL); from then on environ, getenv, stdin, the clocks and
+ * dust_random are the request's. Output written before it is the
+ * snapshot's and is sent with every response; call it before printing.
+ * A second call in the same request does nothing but cost a VM exit. */
+int dust_ready(char ***argv);
+
 /* Fill buf with n cryptographically strong random bytes (ChaCha20 keyed
  * from the per-request boot random bytes). Never fails, never exits. */
 void dust_random(void *buf, size_t n);

@@ -1,0 +1,165 @@
+package hvt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dust-run/dust/internal/kvm"
+	"github.com/dust-run/dust/internal/machine"
+)
+
+// Post-init snapshots. A program that calls dust_ready() (the READY
+// hypercall) after its start-up work declares the point every request may
+// start from. At Prepare the monitor runs the image once, without a
+// request, until that point, and makes the machine's state there — memory
+// and the complete vCPU state — the image's template: every machine,
+// fresh or restored, then starts at the instruction after READY, with the
+// request placed in its boot info, and the start-up is paid once per
+// deploy instead of once per request. An image that never calls READY
+// keeps its boot-time template.
+
+// snapshotRequest is what the guest sees before its ready point: no
+// request at all, so that nothing a request carries can end up in the
+// snapshot.
+var snapshotRequest = machine.Request{Args: []string{"/"}}
+
+var errSnapshot = errors.New("hvt: snapshot")
+
+// snapshot runs the image to its ready point and, if it has one, replaces
+// the template with the state there. It reports whether it did.
+func (im *Image) snapshot() (bool, error) {
+	m, err := im.newMachine()
+	if err != nil {
+		return false, err
+	}
+	defer m.Close()
+	m.stopAtReady = true
+	ctx, cancel := context.WithTimeout(context.Background(), im.limits.Timeout)
+	defer cancel()
+	req := snapshotRequest
+	res := m.Run(ctx, &req, io.Discard, io.Discard)
+	if !m.readyHit {
+		// No ready point: an ordinary image, whatever the run did with
+		// an empty request.
+		return false, nil
+	}
+	if res.Outcome != machine.Served {
+		return false, fmt.Errorf("%w: %v", errSnapshot, res.Err())
+	}
+	// The READY exit is pending in KVM: complete it (the guest's RIP moves
+	// past the OUT) without running a single further instruction.
+	m.run.ImmediateExit = 1
+	err = kvm.RunVCPU(m.vcpufd)
+	m.run.ImmediateExit = 0
+	if err != unix.EINTR {
+		return false, fmt.Errorf("%w: completing the READY exit: KVM_RUN returned %v, want EINTR", errSnapshot, err)
+	}
+	st := &vcpuState{}
+	steps := []func() error{
+		func() error { return kvm.GetRegs(m.vcpufd, &st.regs) },
+		func() error { return kvm.GetSregs(m.vcpufd, &st.sregs) },
+		func() error { return kvm.GetXSave(m.vcpufd, &st.xsave) },
+		func() error { return kvm.GetXCRs(m.vcpufd, &st.xcrs) },
+		func() error { return kvm.GetDebugRegs(m.vcpufd, &st.dregs) },
+		func() error { return kvm.GetVCPUEvents(m.vcpufd, &st.events) },
+	}
+	for _, f := range steps {
+		if err := f(); err != nil {
+			return false, fmt.Errorf("%w: capturing the vCPU: %w", errSnapshot, err)
+		}
+	}
+	fd, size, err := im.snapshotTemplate(m)
+	if err != nil {
+		return false, err
+	}
+	unix.Close(im.memfd)
+	im.memfd, im.tsize = fd, uintptr(size)
+	im.regs, im.sregs = st.regs, st.sregs
+	if im.stateErr == nil {
+		im.state = st
+	}
+	im.snapshotted = true
+	return true, nil
+}
+
+// snapshotTemplate writes a new template: the base template's monitor
+// pages, boot info and request area (the snapshot run's empty request is
+// not kept), and above them the snapshot machine's memory, sparse.
+func (im *Image) snapshotTemplate(m *Machine) (int, uint64, error) {
+	size := uint64(im.tsize)
+	f, err := pagemapFile()
+	if err != nil {
+		return -1, 0, fmt.Errorf("%w: %w", errSnapshot, err)
+	}
+	written, ok, err := m.writtenRanges(f)
+	if err != nil {
+		return -1, 0, err
+	}
+	if !ok {
+		size = uint64(len(m.mem)) // no PAGEMAP_SCAN: take the whole span
+	}
+	for _, r := range written {
+		size = max(size, r.End)
+	}
+	fd, err := unix.MemfdCreate("dust-hvt-snapshot", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return -1, 0, fmt.Errorf("%w: memfd_create: %w", errSnapshot, err)
+	}
+	fail := func(err error) (int, uint64, error) {
+		unix.Close(fd)
+		return -1, 0, fmt.Errorf("%w: writing the template: %w", errSnapshot, err)
+	}
+	if err := unix.Ftruncate(fd, int64(size)); err != nil {
+		return fail(err)
+	}
+	page := make([]byte, pageSize)
+	for off := uint64(0); off < size; off += pageSize {
+		src := m.mem[off : off+pageSize]
+		if off < imageBase {
+			if off >= uint64(im.tsize) {
+				continue
+			}
+			if _, err := unix.Pread(im.memfd, page, int64(off)); err != nil {
+				return fail(err)
+			}
+			src = page
+		}
+		if isZero(src) {
+			continue
+		}
+		if _, err := unix.Pwrite(fd, src, int64(off)); err != nil {
+			return fail(err)
+		}
+	}
+	return fd, size, nil
+}
+
+// applySnapshotState loads the snapshot's vCPU state beyond registers into
+// a new machine (a new vCPU starts from KVM's initial FPU state, not the
+// one the program had at its ready point).
+func (m *Machine) applySnapshotState() error {
+	st := m.im.state
+	if st == nil {
+		return fmt.Errorf("%w: %v", errSnapshot, m.im.stateErr)
+	}
+	steps := []func() error{
+		func() error { return kvm.SetXSave(m.vcpufd, &st.xsave) },
+		func() error { return kvm.SetXCRs(m.vcpufd, &st.xcrs) },
+		func() error { return kvm.SetDebugRegs(m.vcpufd, &st.dregs) },
+		func() error { return kvm.SetVCPUEvents(m.vcpufd, &st.events) },
+	}
+	for _, f := range steps {
+		if err := f(); err != nil {
+			return fmt.Errorf("%w: %w", errSnapshot, err)
+		}
+	}
+	return nil
+}
+
+// Snapshotted reports whether the image starts requests from a post-init
+// snapshot (the program calls dust_ready()).
+func (im *Image) Snapshotted() bool { return im.snapshotted }
