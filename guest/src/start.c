@@ -30,24 +30,3 @@ _Noreturn void __dust_start(const struct dust_boot_info *bi)
 	exit(main((int)bi->argc, (char **)(uintptr_t)bi->argv, environ));
 }
 
-static uint64_t rdtsc(void)
-{
-	uint32_t lo, hi;
-	__asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
-	return (uint64_t)hi << 32 | lo;
-}
-
-int dust_ready(char ***argv)
-{
-	dust_hypercall(DUST_HC_READY, 0);
-	/* Everything below is the request's: the monitor has placed it in
-	 * the boot info of this (restored or fresh) machine. */
-	const struct dust_boot_info *bi = __dust_boot;
-	__dust_tsc_start = rdtsc();
-	environ = (char **)(uintptr_t)bi->envp;
-	__dust_stdio_init(bi);
-	__dust_random_init(bi->random);
-	if (argv)
-		*argv = (char **)(uintptr_t)bi->argv;
-	return (int)bi->argc;
-}

@@ -5,8 +5,9 @@ package hvt
 const (
 	abiVersion = 1
 
-	noteName = "Dust"
-	noteType = 0x31545344 // "DST1"
+	noteName  = "Dust"
+	noteType  = 0x31545344 // "DST1"
+	noteReady = 0x52545344 // "DSTR": a ready point, snapshot at READY
 
 	monitorEnd   = 0x10000  // [0, monitorEnd) is monitor-owned
 	bootInfoAddr = 0x10000  // struct dust_boot_info

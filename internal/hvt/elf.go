@@ -71,6 +71,7 @@ type elfImage struct {
 	entry    uint64
 	segments []segment // sorted by vaddr, non-overlapping at page granularity
 	end      uint64    // page-aligned end of the highest segment
+	ready    bool      // a ready note: snapshot at the READY hypercall
 }
 
 // parseELF validates a static x86-64 Dust guest strictly. It does not know
@@ -143,11 +144,12 @@ func parseELF(b []byte) (*elfImage, error) {
 				return nil, badImage(where, "thread-local storage (%d bytes) is not supported", memsz)
 			}
 		case ptNote:
-			d, s, err := scanNotes(b[off:fileEnd], where)
+			d, s, r, err := scanNotes(b[off:fileEnd], where)
 			if err != nil {
 				return nil, err
 			}
 			dustNote = dustNote || d
+			img.ready = img.ready || r
 			solo5 = solo5 || s
 		case ptLoad:
 			if memsz == 0 {
@@ -223,36 +225,38 @@ func parseELF(b []byte) (*elfImage, error) {
 }
 
 // scanNotes walks every note in a PT_NOTE segment and reports whether a
-// valid Dust ABI note or a Solo5 note is present.
-func scanNotes(b []byte, where string) (dust, solo5 bool, err error) {
+// valid Dust ABI note, a Solo5 note or a Dust ready note is present.
+func scanNotes(b []byte, where string) (dust, solo5, ready bool, err error) {
 	le := binary.LittleEndian
 	for len(b) > 0 {
 		if len(b) < 12 {
-			return false, false, badImage(where, "truncated note header (%d bytes)", len(b))
+			return false, false, false, badImage(where, "truncated note header (%d bytes)", len(b))
 		}
 		namesz, descsz, typ := uint64(le.Uint32(b)), uint64(le.Uint32(b[4:])), le.Uint32(b[8:])
 		nameEnd := 12 + alignUp(namesz, 4)
 		descEnd := nameEnd + alignUp(descsz, 4)
 		if namesz > 1<<16 || descsz > 1<<20 || descEnd > uint64(len(b)) {
-			return false, false, badImage(where, "note (namesz %d, descsz %d) overruns its %d-byte segment", namesz, descsz, len(b))
+			return false, false, false, badImage(where, "note (namesz %d, descsz %d) overruns its %d-byte segment", namesz, descsz, len(b))
 		}
 		name := b[12 : 12+namesz]
 		desc := b[nameEnd : nameEnd+descsz]
 		switch {
 		case string(name) == noteName+"\x00" && typ == noteType:
 			if descsz < 8 {
-				return false, false, badImage(where, "Dust ABI note descriptor is %d bytes, want 8", descsz)
+				return false, false, false, badImage(where, "Dust ABI note descriptor is %d bytes, want 8", descsz)
 			}
 			if v := le.Uint32(desc); v != abiVersion {
-				return false, false, badImage(where, "image wants Dust ABI version %d; this monitor speaks version %d", v, abiVersion)
+				return false, false, false, badImage(where, "image wants Dust ABI version %d; this monitor speaks version %d", v, abiVersion)
 			}
 			dust = true
+		case string(name) == noteName+"\x00" && typ == noteReady:
+			ready = true
 		case string(name) == solo5Note+"\x00":
 			solo5 = true
 		}
 		b = b[descEnd:]
 	}
-	return dust, solo5, nil
+	return dust, solo5, ready, nil
 }
 
 func alignUp(x, a uint64) uint64 { return (x + a - 1) &^ (a - 1) }

@@ -2,11 +2,13 @@ package hvt
 
 import (
 	"context"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/dust-run/dust/internal/kvm/kvmtest"
 	"github.com/dust-run/dust/internal/machine"
@@ -69,10 +71,44 @@ func prepare(t testing.TB, name string, l machine.Limits) *Image {
 	return im
 }
 
-// runOnce serves one request on a brand-new machine.
+// runOnce serves one request on a machine of im in the isolation mode the
+// suite runs in (testImage).
 func runOnce(t testing.TB, im *Image, req *machine.Request) (machine.Result, string, string) {
 	t.Helper()
-	return machinetest.RunOnce(t, context.Background(), im, req)
+	return machinetest.RunOnce(t, context.Background(), testImage(im), req)
+}
+
+// IsolationEnv makes the suite's shared helpers (runOnce, the contract)
+// hand out restored machines: with DUST_HVT_ISOLATION=restore every machine
+// has already served a request — the image's own program, with an empty
+// request, under a short deadline, whatever its outcome — and been reset,
+// so every test built on them checks a restored machine instead of a new
+// one. `make test` runs the package both ways.
+const IsolationEnv = "DUST_HVT_ISOLATION"
+
+func testImage(im *Image) machine.Image {
+	if os.Getenv(IsolationEnv) == machine.IsolationRestore {
+		return restoredImage{im}
+	}
+	return im
+}
+
+// restoredImage's machines come out of a restore, not out of creation.
+type restoredImage struct{ *Image }
+
+func (r restoredImage) NewMachine() (machine.Machine, error) {
+	m, err := r.Image.newMachine()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	m.Run(ctx, &machine.Request{Args: []string{"/"}, Env: machinetest.HelloEnv}, io.Discard, io.Discard)
+	if err := m.Reset(); err != nil {
+		m.Close()
+		return nil, err
+	}
+	return m, nil
 }
 
 func splitCGI(t testing.TB, out string) (string, string) { return machinetest.SplitCGI(t, out) }

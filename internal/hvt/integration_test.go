@@ -16,7 +16,7 @@ import (
 
 func TestContract(t *testing.T) {
 	machinetest.Contract(t, func(t testing.TB, name string, l machine.Limits) machine.Image {
-		return prepare(t, name, l)
+		return testImage(prepare(t, name, l))
 	}, machinetest.Options{Hello: []string{"hello"}, Echo: []string{"echo"}})
 }
 

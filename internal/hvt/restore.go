@@ -276,6 +276,16 @@ func (m *Machine) Reset() error {
 		return fmt.Errorf("%w: %v", ErrRestore, m.im.stateErr)
 	}
 	lap := phaseTimer("restore")
+	// Normally done on the vCPU thread as the run ended (Run); a run
+	// that was stopped before that gets it here.
+	if m.completeErr != nil {
+		m.broken = true
+		return m.completeErr
+	}
+	if err := m.completePending(); err != nil {
+		m.broken = true
+		return err
+	}
 	m.im.mu.RLock()
 	if m.im.closed {
 		m.im.mu.RUnlock()
@@ -329,8 +339,41 @@ func (m *Machine) Reset() error {
 	m.kicked.Store(false)
 	m.used.Store(false)
 	m.lastExited = false
+	m.completed = false
 	m.runs++
 	lap("registers (sync area)")
+	return nil
+}
+
+// completePending finishes an instruction the last run left half done.
+// An exit to the monitor for port I/O (or MMIO) leaves the instruction's
+// completion pending inside KVM until the next KVM_RUN, which performs it
+// after loading the sync-area registers: an IN the monitor refused would
+// then resume the previous request's code, with its RIP and RFLAGS,
+// instead of starting at the entry point (TestLeakPendingIO). KVM_RUN
+// with immediate_exit set completes the operation without running guest
+// code (Documentation/virt/kvm/api.rst, kvm_run). It runs before memory is
+// restored, since completing a string instruction writes guest memory.
+//
+// Every run ends on such an exit (EXIT is an OUT), and a string OUT looks
+// like a plain one in kvm_run, so it is done after every run, on the vCPU
+// thread before Run returns: a KVM_RUN from another thread costs a
+// synchronize_rcu on Linux 6.12 and older.
+func (m *Machine) completePending() error {
+	if m.completed {
+		return nil
+	}
+	m.completed = true
+	if r := m.run.ExitReason; r != kvm.KVM_EXIT_IO && r != kvm.KVM_EXIT_MMIO {
+		return nil // no operation can be pending; a stale IO reason only costs one ioctl
+	}
+	*m.run.DirtyRegs() = 0
+	m.run.ImmediateExit = 1
+	err := kvm.RunVCPU(m.vcpufd)
+	m.run.ImmediateExit = 0
+	if err != unix.EINTR {
+		return fmt.Errorf("%w: completing the last exit's I/O: KVM_RUN returned %v, want EINTR", ErrRestore, err)
+	}
 	return nil
 }
 

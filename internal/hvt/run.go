@@ -59,6 +59,10 @@ type Machine struct {
 	// stopAtReady makes the READY hypercall end the run (the snapshot
 	// run, snapshot.go); readyHit says it did.
 	stopAtReady, readyHit bool
+	// completed: the last run's pending I/O completion was done
+	// (completePending).
+	completed   bool
+	completeErr error
 }
 
 // Close destroys the VM: kvm_run mapping, vCPU and VM descriptors (the
@@ -176,6 +180,11 @@ func (m *Machine) Run(ctx context.Context, req *machine.Request, stdout, stderr 
 		m.mu.Lock()
 		m.running = false
 		m.mu.Unlock()
+		// Only a machine that may be restored needs it, and its
+		// failure only makes the restore fail.
+		if !m.stopAtReady {
+			m.completeErr = m.completePending()
+		}
 	}
 	var err error
 	if seccompOn.Load() {

@@ -20,7 +20,8 @@ import (
 // fresh or restored, then starts at the instruction after READY, with the
 // request placed in its boot info, and the start-up is paid once per
 // deploy instead of once per request. An image that never calls READY
-// keeps its boot-time template.
+// keeps its boot-time template; one that links dust_ready() (its ready
+// note says so) must reach it at Prepare or is refused.
 
 // snapshotRequest is what the guest sees before its ready point: no
 // request at all, so that nothing a request carries can end up in the
@@ -32,6 +33,9 @@ var errSnapshot = errors.New("hvt: snapshot")
 // snapshot runs the image to its ready point and, if it has one, replaces
 // the template with the state there. It reports whether it did.
 func (im *Image) snapshot() (bool, error) {
+	if !im.elf.ready {
+		return false, nil
+	}
 	m, err := im.newMachine()
 	if err != nil {
 		return false, err
@@ -43,12 +47,8 @@ func (im *Image) snapshot() (bool, error) {
 	req := snapshotRequest
 	res := m.Run(ctx, &req, io.Discard, io.Discard)
 	if !m.readyHit {
-		// No ready point: an ordinary image, whatever the run did with
-		// an empty request.
-		return false, nil
-	}
-	if res.Outcome != machine.Served {
-		return false, fmt.Errorf("%w: %v", errSnapshot, res.Err())
+		return false, fmt.Errorf("%w: the program has a ready point (it links dust_ready) but ended before reaching it, with an empty request, within its %v timeout: %v (outcome %v)",
+			errSnapshot, im.limits.Timeout, res.Err(), res.Outcome)
 	}
 	// The READY exit is pending in KVM: complete it (the guest's RIP moves
 	// past the OUT) without running a single further instruction.

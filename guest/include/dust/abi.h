@@ -14,6 +14,7 @@
 /* ELF note that marks an image as a Dust guest (section .note.dust.abi). */
 #define DUST_NOTE_NAME "Dust"     /* namesz 5, padded to 8 */
 #define DUST_NOTE_TYPE 0x31545344u /* "DST1" little-endian */
+#define DUST_NOTE_READY 0x52545344u /* "DSTR": the program has a ready point (DUST_HC_READY), no descriptor */
 
 /* Guest-physical (= guest-virtual, identity mapped) layout. */
 #define DUST_MONITOR_END   0x10000ull  /* [0, 0x10000) monitor-owned, not user-accessible */
