@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/dust-run/dust/internal/gateway"
+	"github.com/dust-run/dust/internal/machine"
 )
 
 // adminClient talks to a running `dust serve` through its admin API.
@@ -112,6 +113,7 @@ func cmdAdmin(name string, args []string, stdout, stderr io.Writer) int {
 	client := adminFlags(fs)
 	var (
 		route, host, timeout, queueWait string
+		isolation                       string
 		memory, maxBody                 = sizeFlag(0), sizeFlag(0)
 		maxConc, queueLen               int
 		passAuth, follow                bool
@@ -128,6 +130,7 @@ func cmdAdmin(name string, args []string, stdout, stderr io.Writer) int {
 		fs.Var(&maxBody, "max-body", "largest request body (`size`)")
 		fs.BoolVar(&passAuth, "pass-authorization", false, "pass the Authorization header to the app")
 		fs.Var(&env, "env", "app environment `KEY=VALUE` (repeatable)")
+		fs.StringVar(&isolation, "isolation", "", "isolation `mode`: restore (default: a machine is reset and reused after a clean request) or fresh (a new machine per request)")
 	}
 	if name == "logs" {
 		fs.BoolVar(&follow, "f", false, "follow new lines")
@@ -186,11 +189,16 @@ func cmdAdmin(name string, args []string, stdout, stderr io.Writer) int {
 			set("queue_len", strconv.Itoa(queueLen))
 			set("queue_wait", queueWait)
 			set("max_body", strconv.FormatInt(int64(maxBody), 10))
+			set("isolation", isolation)
 			if passAuth {
 				q.Set("pass_authorization", "true")
 			}
 			for _, e := range env {
 				q.Add("env", e)
+			}
+			// Refused here rather than after the image has been uploaded.
+			if !machine.ValidIsolation(strings.ToLower(isolation)) {
+				return fmt.Errorf("%w: -isolation %q: want %s or %s", errUsage, isolation, machine.IsolationRestore, machine.IsolationFresh)
 			}
 			for _, d := range []string{timeout, queueWait} {
 				if d != "" {

@@ -399,4 +399,3 @@ func wasmEcho(t *testing.T) string {
 	}
 	return out
 }
-

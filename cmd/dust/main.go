@@ -14,6 +14,7 @@ const usage = `usage: dust <command> [flags]
 
 commands:
   run IMAGE          run one request through one fresh machine and print the response
+                     (-requests N: N times, on one restored machine or -isolation fresh)
   serve              run the gateway: one fresh machine per HTTP request (-demo deploys the examples)
   deploy NAME IMAGE  deploy (or redeploy) an app to a running gateway
   apps               list deployed apps

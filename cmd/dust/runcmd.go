@@ -78,7 +78,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("dust run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprint(stderr, "usage: dust run [flags] IMAGE\n\nRuns one request through one brand-new machine and prints the HTTP response.\n\nflags:\n")
+		fmt.Fprint(stderr, "usage: dust run [flags] IMAGE\n\nRuns one request through one brand-new machine and prints the HTTP response.\nWith -requests N the same request is served N times, on one machine restored\nbetween requests (-isolation restore) or on N new machines (-isolation fresh).\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	var (
@@ -100,7 +100,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	timeout := fs.Duration("timeout", 0, "wall-clock `deadline` (default 10s)")
 	fs.Var(&maxOut, "max-output", "largest response in bytes (`size`, default 64MiB)")
 	fs.Var(&maxLog, "max-log", "largest log (stderr) output (`size`, default 1MiB)")
-	verbose := fs.Bool("v", false, "print the outcome, VM exits and timings to stderr")
+	verbose := fs.Bool("v", false, "print the outcome, VM exits and timings to stderr (per request with -requests)")
+	isolation := fs.String("isolation", machine.IsolationRestore, "isolation `mode` between -requests: restore (reset one machine) or fresh (a new machine each)")
+	requests := fs.Int("requests", 1, "serve the same request `N` times; the last response is printed")
 
 	// Flags may come before or after the image.
 	pos, code, ok := parseInterleaved(fs, args)
@@ -115,6 +117,13 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "dust run: %v\n", err)
 		return exitCode(err)
+	}
+	mode := strings.ToLower(*isolation)
+	if mode == "" || !machine.ValidIsolation(mode) {
+		return fail(fmt.Errorf("%w: -isolation %q: want %s or %s", errUsage, *isolation, machine.IsolationRestore, machine.IsolationFresh))
+	}
+	if *requests < 1 {
+		return fail(fmt.Errorf("%w: -requests %d: want at least 1", errUsage, *requests))
 	}
 
 	image, err := os.ReadFile(pos[0])
@@ -139,50 +148,172 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	if c, ok := body.(io.Closer); ok {
 		defer c.Close()
 	}
-	req := &machine.Request{Args: creq.Args(), Env: creq.Env(), Body: body, BodyLen: creq.ContentLength}
-
-	m, err := img.NewMachine()
-	if err != nil {
-		return fail(err)
-	}
-	defer m.Close()
-
-	out := bufio.NewWriterSize(stdout, 64<<10)
-	head := *method == http.MethodHead
-	parser := cgi.NewParser(0, func(r *cgi.Response) (io.Writer, error) {
-		if err := r.WriteHTTP(out); err != nil {
-			return nil, err
-		}
-		if head {
-			return io.Discard, nil
-		}
-		return out, nil
-	})
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	r := &runner{
+		img: img, creq: creq, body: body, head: *method == http.MethodHead,
+		n: *requests, restore: mode == machine.IsolationRestore,
+		stdout: stdout, stderr: stderr, verbose: *verbose,
+	}
+	if err := r.run(ctx); err != nil {
+		return fail(err)
+	}
+	return exitOK
+}
+
+// runner serves one request -requests times. In restore mode the machine
+// that served a request is reset and serves the next, under the rule the
+// gateway's pools apply (machine.Reusable, machine.Resetter); otherwise,
+// and whenever that rule says no, the next request gets a new machine.
+//
+// It does not go through a machine.Pool: a pool keeps its target of ready
+// machines topped up while one is out serving, and then destroys the
+// restored machine as surplus, so a sequence of requests would not stay
+// on one machine, which is what -requests in restore mode is meant to show.
+type runner struct {
+	img     machine.Image
+	creq    *cgi.Request
+	body    io.Reader
+	head    bool
+	n       int
+	restore bool
+	stdout  io.Writer
+	stderr  io.Writer
+	verbose bool
+
+	created, restored, restoreErrs int
+}
+
+func (r *runner) run(ctx context.Context) error {
+	var m machine.Machine
+	defer func() {
+		if m != nil {
+			m.Close()
+		}
+	}()
+	resets := false // whether the kind's machines can be reset
+	for i := 1; i <= r.n; i++ {
+		reused := m != nil
+		if m == nil {
+			var err error
+			if m, err = r.img.NewMachine(); err != nil {
+				return r.prefix(i, err)
+			}
+			r.created++
+			_, resets = m.(machine.Resetter)
+		}
+		res, err := r.serve(ctx, i, m, reused)
+		if err != nil {
+			return r.prefix(i, err)
+		}
+		if i == r.n {
+			break
+		}
+		if r.restore && resets && machine.Reusable(res) {
+			if err := m.(machine.Resetter).Reset(); err == nil {
+				r.restored++
+				continue
+			} else if r.verbose {
+				fmt.Fprintf(r.stderr, "dust run: request %d/%d: restore failed, the next request gets a new machine: %v\n", i, r.n, err)
+			}
+			r.restoreErrs++
+		}
+		m.Close()
+		m = nil
+	}
+	if r.verbose && r.n > 1 {
+		effective := machine.IsolationFresh
+		if r.restore && resets {
+			effective = machine.IsolationRestore
+		}
+		asked := machine.IsolationFresh
+		if r.restore {
+			asked = machine.IsolationRestore
+		}
+		note := ""
+		if asked != effective {
+			note = fmt.Sprintf(" (%s asked; %s machines cannot be reset)", asked, r.img.Kind())
+		}
+		fmt.Fprintf(r.stderr, "dust run: %d requests, isolation %s%s: %d machines created, %d restored, %d restore errors\n",
+			r.n, effective, note, r.created, r.restored, r.restoreErrs)
+	}
+	return nil
+}
+
+// prefix names the request an error happened in, when there are several.
+func (r *runner) prefix(i int, err error) error {
+	if r.n == 1 {
+		return err
+	}
+	return fmt.Errorf("request %d/%d: %w", i, r.n, err)
+}
+
+// serve runs request i on m. Only the last request's response reaches
+// stdout; every request's log reaches stderr.
+func (r *runner) serve(ctx context.Context, i int, m machine.Machine, reused bool) (machine.Result, error) {
+	if i > 1 {
+		// The same request again: its body from the start.
+		if sk, ok := r.body.(io.Seeker); ok {
+			if _, err := sk.Seek(0, io.SeekStart); err != nil {
+				return machine.Result{}, fmt.Errorf("rewinding the request body: %w", err)
+			}
+		}
+	}
+	req := &machine.Request{Args: r.creq.Args(), Env: r.creq.Env(), Body: r.body, BodyLen: r.creq.ContentLength}
+	var sink io.Writer = io.Discard
+	var out *bufio.Writer
+	if i == r.n {
+		out = bufio.NewWriterSize(r.stdout, 64<<10)
+		sink = out
+	}
+	parser := cgi.NewParser(0, func(resp *cgi.Response) (io.Writer, error) {
+		if err := resp.WriteHTTP(sink); err != nil {
+			return nil, err
+		}
+		if r.head {
+			return io.Discard, nil
+		}
+		return sink, nil
+	})
 	start := time.Now()
-	res := m.Run(ctx, req, parser, stderr)
+	res := m.Run(ctx, req, parser, r.stderr)
 	perr := parser.Close()
-	out.Flush()
-	if *verbose {
-		fmt.Fprintf(stderr, "dust run: %s, exit status %d, %d VM exits, %d bytes out, %d bytes log, run %v, total %v\n",
-			res.Outcome, res.ExitStatus, res.Exits, res.StdoutBytes, res.StderrBytes, res.RunTime, time.Since(start))
+	if out != nil {
+		out.Flush()
+	}
+	if r.verbose {
+		which := ""
+		if r.n > 1 {
+			which = fmt.Sprintf("request %d/%d on a new machine: ", i, r.n)
+			if reused {
+				which = fmt.Sprintf("request %d/%d on a restored machine: ", i, r.n)
+			}
+		}
+		fmt.Fprintf(r.stderr, "dust run: %s%s, exit status %d, %d VM exits, %d bytes out, %d bytes log, run %v, total %v\n",
+			which, res.Outcome, res.ExitStatus, res.Exits, res.StdoutBytes, res.StderrBytes, res.RunTime, time.Since(start))
 	}
 	if err := res.Err(); err != nil {
 		// A CGI parse error surfaces as BadOutput with the parser's error as
 		// its cause: report the CGI problem, which is the useful part.
 		if res.Outcome == machine.BadOutput && errors.Is(err, cgi.ErrBadOutput) {
-			return fail(res.Cause)
+			return res, res.Cause
 		}
-		return fail(err)
+		return res, err
 	}
 	if perr != nil {
-		return fail(fmt.Errorf("the app exited (status %d) without a complete CGI response: %w", res.ExitStatus, perr))
+		return res, fmt.Errorf("the app exited (status %d) without a complete CGI response: %w", res.ExitStatus, perr)
 	}
 	if res.ExitStatus != 0 {
-		fmt.Fprintf(stderr, "dust run: note: the app exited with status %d after its response\n", res.ExitStatus)
+		fmt.Fprintf(r.stderr, "dust run: note: %sthe app exited with status %d after its response\n", r.prefixText(i), res.ExitStatus)
 	}
-	return exitOK
+	return res, nil
+}
+
+func (r *runner) prefixText(i int) string {
+	if r.n == 1 {
+		return ""
+	}
+	return fmt.Sprintf("request %d/%d: ", i, r.n)
 }
 
 // buildRequest turns the command line into a CGI request and its body.

@@ -177,6 +177,12 @@ func settingsFromQuery(q map[string][]string) (store.Settings, error) {
 		}
 		set.PassAuthorization = b
 	}
+	if v := get("isolation"); v != "" {
+		set.Isolation = strings.ToLower(v)
+		if !machine.ValidIsolation(set.Isolation) {
+			return set, bad("isolation", v, fmt.Errorf("want %s or %s", machine.IsolationRestore, machine.IsolationFresh))
+		}
+	}
 	set = set.Normalize()
 	return set, set.Validate()
 }
@@ -425,22 +431,30 @@ func (s *Server) apiDelete(w http.ResponseWriter, r *http.Request) {
 
 // AppStatus is what the admin API reports about a live app.
 type AppStatus struct {
-	Name      string         `json:"name"`
-	Kind      string         `json:"kind"`
-	Version   int            `json:"version"`
-	Digest    string         `json:"digest"`
-	Route     string         `json:"route"`
-	Host      string         `json:"host,omitempty"`
-	Live      int            `json:"live_machines"`
-	Queued    int64          `json:"queued"`
-	Pool      machinePool    `json:"pool"`
-	Histogram []int64        `json:"latency_histogram"`
-	Settings  store.Settings `json:"settings"`
+	Name    string `json:"name"`
+	Kind    string `json:"kind"`
+	Version int    `json:"version"`
+	Digest  string `json:"digest"`
+	Route   string `json:"route"`
+	Host    string `json:"host,omitempty"`
+	Live    int    `json:"live_machines"`
+	Queued  int64  `json:"queued"`
+	// Isolation is the mode the app asked for (the default resolved);
+	// EffectiveIsolation the one its machines get, "fresh" for a kind
+	// that cannot restore (wasm).
+	Isolation          string         `json:"isolation"`
+	EffectiveIsolation string         `json:"effective_isolation"`
+	Pool               machinePool    `json:"pool"`
+	Histogram          []int64        `json:"latency_histogram"`
+	Settings           store.Settings `json:"settings"`
 }
 
 type machinePool struct {
 	Ready, Target        int
 	Hits, Misses, Errors int64
+	// Restored counts machines reset and reused after a request;
+	// RestoreErrors those whose reset failed and were destroyed.
+	Restored, RestoreErrors int64
 }
 
 func (s *Server) statusOf(a *liveApp) AppStatus {
@@ -448,7 +462,9 @@ func (s *Server) statusOf(a *liveApp) AppStatus {
 	return AppStatus{
 		Name: a.name, Kind: a.kind, Version: a.version, Digest: a.digest, Route: a.set.Route, Host: a.set.Host,
 		Live: a.gate.live(), Queued: a.gate.waiting.Load(),
-		Pool:      machinePool{Ready: st.Ready, Target: st.Target, Hits: st.Hits, Misses: st.Misses, Errors: st.CreateErrors},
+		Isolation: a.set.IsolationMode(), EffectiveIsolation: a.isolation(),
+		Pool: machinePool{Ready: st.Ready, Target: st.Target, Hits: st.Hits, Misses: st.Misses, Errors: st.CreateErrors,
+			Restored: st.Restored, RestoreErrors: st.RestoreErrors},
 		Histogram: a.hist.snapshot(), Settings: a.set,
 	}
 }

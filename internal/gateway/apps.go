@@ -13,7 +13,7 @@ import (
 )
 
 // liveApp is one deployed app version, ready to serve: its prepared image,
-// its pool of never-used machines and its admission gate.
+// its pool of ready machines and its admission gate.
 type liveApp struct {
 	name    string
 	kind    string
@@ -36,6 +36,23 @@ type liveApp struct {
 	last   atomic.Int64 // unix nanos of the last request
 
 	hist *histogram // request latency for the status page
+
+	// The pool's restore counts already added to the Prometheus counters:
+	// those outlive a version's pool, so they grow by differences.
+	countedMu                    sync.Mutex
+	countedRestored, countedErrs int64
+}
+
+// isolation is the mode the app's machines actually get: restore only for
+// kinds whose machines can be reset (machine.Resetter); a wasm instance is
+// made per request whatever the setting.
+func (a *liveApp) isolation() string { return effectiveIsolation(a.kind, a.set.IsolationMode()) }
+
+func effectiveIsolation(kind, mode string) string {
+	if kind != store.KindHVT {
+		return machine.IsolationFresh
+	}
+	return mode
 }
 
 // errPrepare wraps failures to turn a stored version into a live app.
@@ -84,7 +101,8 @@ func (s *Server) prepare(a store.App) (*liveApp, error) {
 	set := appDefaults(v.Settings)
 	la := &liveApp{
 		name: a.Name, kind: v.Kind, version: v.Number, digest: v.Digest, set: set, img: pi,
-		pool:   machine.NewPool(pi, machine.PoolOptions{Size: s.cfg.PoolFloor, MaxSize: s.cfg.PoolMax}),
+		pool: machine.NewPool(pi, machine.PoolOptions{Size: s.cfg.PoolFloor, MaxSize: s.cfg.PoolMax,
+			Reuse: set.Isolation != machine.IsolationFresh}),
 		gate:   newGate(set.MaxConcurrency, set.QueueLen),
 		closed: make(chan struct{}),
 		peak:   make([]int64, 50), // 50 windows of 100 ms: the last 5 seconds
@@ -115,10 +133,43 @@ func (s *Server) swap(name string, la *liveApp) {
 	}
 	s.rebuildRoutes()
 	s.mu.Unlock()
+	if la != nil {
+		s.met.setAppInfo(la.name, la.kind, la.isolation())
+	}
 	if old != nil {
 		old.retire()
-		go old.wait()
+		go func() {
+			old.wait()
+			if la != nil {
+				// Restores finished after the last sizing tick still count,
+				// unless the app has been removed since (forgetApp below).
+				s.mu.RLock()
+				defer s.mu.RUnlock()
+				if s.apps[name] != nil {
+					s.countRestores(old)
+				}
+				return
+			}
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			// Under the lock, so that a redeploy of the same name cannot
+			// be installed between the check and the removal.
+			if s.apps[name] == nil {
+				s.met.forgetApp(name)
+			}
+		}()
 	}
+}
+
+// countRestores moves what a's pool restored (or failed to) since the last
+// call into the app's counters.
+func (s *Server) countRestores(a *liveApp) {
+	st := a.pool.Stats()
+	a.countedMu.Lock()
+	defer a.countedMu.Unlock()
+	s.met.restored.WithLabelValues(a.name).Add(float64(st.Restored - a.countedRestored))
+	s.met.restoreErrors.WithLabelValues(a.name).Add(float64(st.RestoreErrors - a.countedErrs))
+	a.countedRestored, a.countedErrs = st.Restored, st.RestoreErrors
 }
 
 // sizePools resizes every app's pool from its recent traffic: enough ready
@@ -147,6 +198,7 @@ func (s *Server) sizePools() {
 			a.pool.SetSize(min(max(int(p), s.cfg.PoolFloor), s.cfg.PoolMax))
 			st := a.pool.Stats()
 			s.met.poolReady.WithLabelValues(a.name).Set(float64(st.Ready))
+			s.countRestores(a)
 		}
 		s.mu.RUnlock()
 	}

@@ -1,6 +1,7 @@
 // Package gateway is Dust's HTTP front: it maps routes to deployed apps and
-// serves every request on a brand-new machine of the app's kind, streaming
-// the CGI response back and destroying the machine afterwards. It also
+// serves every request on a pristine machine of the app's kind, streaming
+// the CGI response back; afterwards the machine is restored to its
+// template state or destroyed, per the app's isolation mode. It also
 // serves the admin API (deploy, rollback, logs, metrics) on a separate
 // listener, guarded by a bearer token.
 package gateway
@@ -187,6 +188,7 @@ func New(cfg Config) (*Server, error) {
 			continue
 		}
 		s.apps[a.Name] = la
+		s.met.setAppInfo(la.name, la.kind, la.isolation())
 	}
 	s.rebuildRoutes()
 	s.poolWG.Add(2)

@@ -24,6 +24,10 @@ type metrics struct {
 	queue      *prometheus.GaugeVec
 	bytesIn    *prometheus.CounterVec
 	bytesOut   *prometheus.CounterVec
+
+	restored      *prometheus.CounterVec
+	restoreErrors *prometheus.CounterVec
+	appInfo       *prometheus.GaugeVec
 }
 
 func newMetrics() *metrics {
@@ -56,11 +60,37 @@ func newMetrics() *metrics {
 			Help: "Request body bytes read by machines."}, []string{"app"}),
 		bytesOut: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "dust_response_bytes_total",
 			Help: "Response body bytes sent to clients."}, []string{"app"}),
+		restored: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "dust_machines_restored_total",
+			Help: "Machines restored to their template state after a request and made ready again (restore isolation)."}, []string{"app"}),
+		restoreErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "dust_restore_errors_total",
+			Help: "Machines whose restore failed; they were destroyed instead."}, []string{"app"}),
+		appInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "dust_app_info",
+			Help: "1 per live app; isolation is the mode its machines actually get (restore or fresh)."}, []string{"app", "kind", "isolation"}),
 	}
 	m.reg.MustRegister(m.requests, m.latency, m.prepare, m.coldStart, m.run, m.exits,
 		m.poolHits, m.poolMisses, m.poolReady, m.live, m.queue, m.bytesIn, m.bytesOut,
+		m.restored, m.restoreErrors, m.appInfo,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
+}
+
+// setAppInfo makes app's info series the only one: a redeploy may change
+// its kind or isolation mode.
+func (m *metrics) setAppInfo(app, kind, isolation string) {
+	m.appInfo.DeletePartialMatch(prometheus.Labels{"app": app})
+	m.appInfo.WithLabelValues(app, kind, isolation).Set(1)
+}
+
+// forgetApp drops every series of a removed app, so that removed apps do
+// not accumulate in the scrape.
+func (m *metrics) forgetApp(app string) {
+	l := prometheus.Labels{"app": app}
+	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
+		m.requests, m.latency, m.run, m.exits, m.poolHits, m.poolMisses, m.poolReady,
+		m.queue, m.bytesIn, m.bytesOut, m.restored, m.restoreErrors, m.appInfo,
+	} {
+		v.DeletePartialMatch(l)
+	}
 }
 
 // histogram is a small latency histogram for the status page.

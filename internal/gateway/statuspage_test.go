@@ -13,7 +13,7 @@ import (
 
 // TestStatusPageInBrowser loads the status page in headless Chromium
 // (Debian's chromium package) and checks what it rendered: the apps with
-// their figures, and the recent errors inserted as text, never as markup.
+// their figures and isolation modes, and the recent errors inserted as text, never as markup.
 func TestStatusPageInBrowser(t *testing.T) {
 	browser, err := exec.LookPath("chromium")
 	if err != nil {
@@ -24,7 +24,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 	}
 	ts := start(t, t.TempDir())
 	ts.deploy(t, "hello", example(t, "hello"), store.Settings{Route: "/hello"})
-	ts.deploy(t, "crash", example(t, "crash"), store.Settings{Route: "/crash"})
+	ts.deploy(t, "crash", example(t, "crash"), store.Settings{Route: "/crash", Isolation: "fresh"})
 	for i := 0; i < 3; i++ {
 		get(t, "GET", ts.url+"/hello", nil)
 	}
@@ -42,7 +42,8 @@ func TestStatusPageInBrowser(t *testing.T) {
 		t.Fatalf("chromium: %v", err)
 	}
 	dom := string(out)
-	for _, want := range []string{"<td>hello</td>", "<td>crash</td>", "<td>/hello</td>", "<td>plain-id-7</td>", "<td>502</td>", "updated "} {
+	for _, want := range []string{"<td>hello</td>", "<td>crash</td>", "<td>/hello</td>", "<td>plain-id-7</td>", "<td>502</td>", "updated ",
+		"<td>restore</td>", "<td>fresh</td>"} {
 		if !strings.Contains(dom, want) {
 			t.Errorf("the rendered page lacks %q", want)
 		}

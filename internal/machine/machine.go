@@ -138,11 +138,12 @@ func ValidIsolation(s string) bool {
 }
 
 // Reusable reports whether a machine that ended with res may be restored
-// and reused: only one whose guest ended on its own. A fault, a deadline,
-// a limit, a host error or a client that went away destroys the machine
-// even though a restore would reset it, so that a guest that found a way
-// to misbehave never gets a second request on the same VM.
-func Reusable(res Result) bool { return res.Outcome == Served }
+// and reused: only one whose guest ended on its own with status 0 (the
+// gateway fails a request that exits non-zero). A fault, a deadline, a
+// limit, a host error, a client that went away or a failing exit destroys
+// the machine even though a restore would reset it, so that a guest that
+// found a way to misbehave never gets a second request on the same VM.
+func Reusable(res Result) bool { return res.Outcome == Served && res.ExitStatus == 0 }
 
 // Kind prepares images of one machine kind.
 type Kind interface {

@@ -57,6 +57,10 @@ type Pool struct {
 
 	hits, misses, created, destroyed, createErrs atomic.Int64
 	restored, restoreErrs                        atomic.Int64
+	// onLoan counts machines handed out that will come back restored
+	// (Reuse): the filler counts them as ready, or every request would
+	// build a VM that its own machine then makes surplus.
+	onLoan atomic.Int64
 }
 
 // used is a machine on its way to a background worker: to be reset and
@@ -116,11 +120,11 @@ func (p *Pool) fill() {
 	defer p.wg.Done()
 	backoff := time.Millisecond
 	for {
-		for t := p.target.Load(); int64(len(p.ready)) >= t; t = p.target.Load() {
+		for t := p.target.Load(); p.have() >= t; t = p.target.Load() {
 			if int64(len(p.ready)) > t {
 				select {
 				case m := <-p.ready:
-					p.Release(m)
+					p.hand(used{m: m})
 				default:
 				}
 				continue
@@ -145,20 +149,46 @@ func (p *Pool) fill() {
 		}
 		backoff = time.Millisecond
 		p.created.Add(1)
-		select {
-		case <-p.stop:
-			p.closeMachine(m)
-			return
-		case p.ready <- m:
+		// Restored machines may have taken the room meanwhile: wait for
+		// room or a change of target, and give the machine back if it is
+		// no longer wanted.
+		for m != nil {
+			select {
+			case <-p.stop:
+				p.closeMachine(m)
+				return
+			case p.ready <- m:
+				m = nil
+			case <-p.wake:
+				if p.have() > p.target.Load() {
+					p.hand(used{m: m})
+					m = nil
+				}
+			}
 		}
 	}
+}
+
+// have is what the filler counts towards the target: ready machines, and
+// in restore mode those on loan.
+func (p *Pool) have() int64 {
+	n := int64(len(p.ready))
+	if p.reuse {
+		n += p.onLoan.Load()
+	}
+	return n
 }
 
 func (p *Pool) destroyer() {
 	defer p.wg.Done()
 	for u := range p.destroy {
-		if u.reset && p.restore(u.m) {
-			continue
+		if u.reset {
+			ok := p.restore(u.m)
+			p.returned(u.m) // back in ready, or about to be destroyed
+			if ok {
+				continue
+			}
+			p.poke()
 		}
 		p.closeMachine(u.m)
 	}
@@ -194,6 +224,7 @@ func (p *Pool) Get() (m Machine, hit bool, err error) {
 	select {
 	case m := <-p.ready:
 		p.hits.Add(1)
+		p.lend(m)
 		p.poke()
 		return m, true, nil
 	default:
@@ -205,18 +236,43 @@ func (p *Pool) Get() (m Machine, hit bool, err error) {
 		return nil, false, err
 	}
 	p.created.Add(1)
+	p.lend(m)
 	return m, false, nil
 }
 
-// Release hands a used machine to the destroy workers.
-func (p *Pool) Release(m Machine) { p.hand(used{m: m}) }
+// lend counts m on loan if it will come back restored.
+func (p *Pool) lend(m Machine) {
+	if _, ok := m.(Resetter); ok && p.reuse {
+		p.onLoan.Add(1)
+	}
+}
 
-// Recycle hands back a machine that served a request ending with res: in
-// restore mode, a machine that ended well is restored and made ready
-// again; any other is destroyed.
+// returned ends m's loan (a machine lent by Get comes back through
+// Recycle or Release exactly once).
+func (p *Pool) returned(m Machine) {
+	if _, ok := m.(Resetter); ok && p.reuse {
+		p.onLoan.Add(-1)
+	}
+}
+
+// Release hands a machine from Get back to be destroyed.
+func (p *Pool) Release(m Machine) {
+	p.returned(m)
+	p.poke() // it will not come back: the filler may need to make one
+	p.hand(used{m: m})
+}
+
+// Recycle hands back a machine from Get that served a request ending with
+// res: in restore mode, a machine that ended well is restored and made
+// ready again; any other is destroyed.
 func (p *Pool) Recycle(m Machine, res Result) {
 	_, can := m.(Resetter)
-	p.hand(used{m: m, reset: p.reuse && can && Reusable(res)})
+	if !(p.reuse && can && Reusable(res)) {
+		p.Release(m)
+		return
+	}
+	// Still on loan until the restore is done (restore).
+	p.hand(used{m: m, reset: true})
 }
 
 func (p *Pool) hand(u used) {
@@ -228,6 +284,10 @@ func (p *Pool) hand(u used) {
 			return
 		default:
 		}
+	}
+	if u.reset {
+		p.returned(u.m)
+		p.poke()
 	}
 	p.closeMachine(u.m)
 }

@@ -172,3 +172,73 @@ func TestPoolResize(t *testing.T) {
 	}
 }
 func runtimeGosched() { runtime.Gosched() }
+
+// resettable is a fakeMachine that a restore makes usable again.
+type resettable struct {
+	fakeMachine
+	resets   atomic.Int32
+	failNext atomic.Bool
+}
+
+func (m *resettable) Reset() error {
+	if m.failNext.Load() {
+		return errors.New("reset failed")
+	}
+	m.resets.Add(1)
+	m.runs.Store(0)
+	return nil
+}
+
+type resettableImage struct{ fakeImage }
+
+func (f *resettableImage) NewMachine() (Machine, error) {
+	f.live.Add(1)
+	return &resettable{fakeMachine: fakeMachine{img: &f.fakeImage, id: f.made.Add(1)}}, nil
+}
+
+// In restore mode sequential requests keep coming back to the machines
+// the pool already has: no VM is built while one is on loan, and an idle
+// pool still shrinks to its target.
+func TestPoolReuseRestores(t *testing.T) {
+	img := &resettableImage{}
+	p := NewPool(img, PoolOptions{Size: 1, MaxSize: 32, Reuse: true})
+	defer p.Close()
+	for p.Stats().Ready < 1 {
+		runtime.Gosched()
+	}
+	for i := range 20 {
+		res, err := p.Do(context.Background(), &Request{}, io.Discard, io.Discard)
+		if err != nil || res.Outcome != Served {
+			t.Fatalf("request %d: %v %v", i, res, err)
+		}
+		for p.Stats().Ready < 1 {
+			runtime.Gosched() // the restore runs on a background worker
+		}
+	}
+	st := p.Stats()
+	if st.Created != 1 || st.Restored != 20 || st.Destroyed != 0 {
+		t.Fatalf("after 20 sequential requests: %+v, want one machine restored 20 times", st)
+	}
+	// A failed outcome or a failed reset destroys the machine, and the
+	// filler makes another.
+	m, _, _ := p.Get()
+	p.Recycle(m, Result{Outcome: Fault})
+	m, _, _ = p.Get()
+	m.(*resettable).failNext.Store(true)
+	m.Run(context.Background(), &Request{}, io.Discard, io.Discard)
+	p.Recycle(m, Result{Outcome: Served})
+	for p.Stats().Ready < 1 || p.Stats().Destroyed < 2 {
+		runtime.Gosched()
+	}
+	if st := p.Stats(); st.RestoreErrors != 1 || st.Created < 2 {
+		t.Fatalf("after a fault and a failed reset: %+v", st)
+	}
+	// Shrinking with restored machines around does not leave extras.
+	p.SetSize(0)
+	for p.Stats().Ready > 0 {
+		runtime.Gosched()
+	}
+	if n := img.live.Load(); n != 0 {
+		t.Fatalf("%d machines alive in an idle pool of target 0", n)
+	}
+}

@@ -40,6 +40,9 @@ type settingsRecord struct {
 	MaxBody           int64    `json:"max_body,omitempty"`
 	PassAuthorization bool     `json:"pass_authorization,omitempty"`
 	Env               []string `json:"env,omitempty"`
+	// omitempty: records written before isolation modes existed lack the
+	// field and decode to "", the default, as they should.
+	Isolation string `json:"isolation,omitempty"`
 }
 
 func toVersionRecord(v Version) versionRecord {
@@ -50,6 +53,7 @@ func toVersionRecord(v Version) versionRecord {
 			Route: s.Route, Host: s.Host, Memory: s.Memory, TimeoutNS: int64(s.Timeout),
 			MaxConcurrency: s.MaxConcurrency, QueueLen: s.QueueLen, QueueWaitNS: int64(s.QueueWait),
 			MaxBody: s.MaxBody, PassAuthorization: s.PassAuthorization, Env: s.Env,
+			Isolation: s.Isolation,
 		},
 	}
 }
@@ -62,6 +66,7 @@ func (r versionRecord) version() Version {
 			Route: s.Route, Host: s.Host, Memory: s.Memory, Timeout: time.Duration(s.TimeoutNS),
 			MaxConcurrency: s.MaxConcurrency, QueueLen: s.QueueLen, QueueWait: time.Duration(s.QueueWaitNS),
 			MaxBody: s.MaxBody, PassAuthorization: s.PassAuthorization, Env: append([]string(nil), s.Env...),
+			Isolation: s.Isolation,
 		},
 	}
 }

@@ -85,6 +85,10 @@ type Settings struct {
 	MaxBody           int64 // request body bytes
 	PassAuthorization bool
 	Env               []string // KEY=VALUE
+	// Isolation is the app's isolation mode, machine.IsolationRestore or
+	// machine.IsolationFresh; "" is the default (restore), kept as ""
+	// so that apps deployed without choosing follow the default.
+	Isolation string
 }
 
 // Version is one deploy of an app.

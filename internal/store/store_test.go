@@ -231,6 +231,7 @@ func TestRestartKeepsEverything(t *testing.T) {
 	set := Settings{
 		Route: "/a", Host: "h.example", Memory: 32 << 20, Timeout: 5 * time.Second, MaxConcurrency: 2,
 		QueueLen: -1, QueueWait: time.Millisecond, MaxBody: 1 << 20, PassAuthorization: true, Env: []string{"K=V"},
+		Isolation: "fresh",
 	}
 	deployT(t, s, "a", d1, set)
 	deployT(t, s, "a", d2, set)
@@ -260,6 +261,64 @@ func TestRestartKeepsEverything(t *testing.T) {
 	// Numbers continue where they were.
 	if a := deployT(t, s, "a", d1, set); a.Current.Number != 3 {
 		t.Errorf("deploy after reopen: number %d, want 3", a.Current.Number)
+	}
+}
+
+// The isolation mode is kept per version, and a database written before
+// the field existed still opens, its apps in the default mode.
+func TestIsolationRecords(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := putT(t, s, "img")
+	deployT(t, s, "a", d, Settings{Route: "/a", Isolation: "Fresh"})
+	a := deployT(t, s, "a", d, Settings{Route: "/a"})
+	if got := a.History[0].Settings.Isolation; got != "fresh" {
+		t.Errorf("version 1 isolation %q, want fresh (normalized)", got)
+	}
+	if got := a.Current.Settings; got.Isolation != "" || got.IsolationMode() != "restore" {
+		t.Errorf("version 2 isolation %q (mode %q), want \"\" (restore)", got.Isolation, got.IsolationMode())
+	}
+	if a, err := s.Rollback("a"); err != nil || a.Current.Settings.Isolation != "fresh" {
+		t.Errorf("rollback: isolation %q, %v; want fresh", a.Current.Settings.Isolation, err)
+	}
+	if _, err := s.Deploy("a", KindWasm, d, Settings{Route: "/a", Isolation: "sometimes"}); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "isolation") {
+		t.Errorf("deploy with isolation=sometimes: %v, want ErrInvalid naming isolation", err)
+	}
+
+	// A record as the previous release wrote it: no isolation key.
+	old := `{"name":"old","current":1,"history":[{"number":1,"kind":"hvt","digest":"` + d +
+		`","size":3,"settings":{"route":"/old","timeout_ns":1000000000},"created_at":"2024-01-02T03:04:05Z"}]}`
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketApps).Put([]byte("old"), []byte(old))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openT(t, dir)
+	got, err := s.Get("old")
+	if err != nil {
+		t.Fatalf("Get of an old record: %v", err)
+	}
+	if set := got.Current.Settings; set.Isolation != "" || set.IsolationMode() != "restore" || set.Timeout != time.Second || set.Route != "/old" {
+		t.Errorf("old record decoded to %+v, want route /old, timeout 1s, default isolation", set)
+	}
+	// And the field is written only when set, so the on-disk form of a
+	// default deploy is unchanged.
+	err = s.db.View(func(tx *bolt.Tx) error {
+		rec := string(tx.Bucket(bucketApps).Get([]byte("a")))
+		if strings.Count(rec, `"isolation":"fresh"`) != 1 || strings.Count(rec, `"isolation"`) != 1 {
+			t.Errorf("record of app a: %s; want one isolation key, on version 1", rec)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 

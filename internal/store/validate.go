@@ -3,6 +3,8 @@ package store
 import (
 	"fmt"
 	"strings"
+
+	"github.com/dust-run/dust/internal/machine"
 )
 
 // Limits on free-form settings. They keep one app record, and the
@@ -49,11 +51,12 @@ func ValidateKind(kind string) error {
 }
 
 // Normalize returns s with the forms people naturally type turned into the
-// canonical ones Validate requires: a lower-case host and a route without
-// a trailing slash. It deliberately does not resolve "." or ".." so that a
+// canonical ones Validate requires: a lower-case host and isolation mode,
+// and a route without a trailing slash. It deliberately does not resolve "." or ".." so that a
 // route that tries them is refused rather than silently rewritten.
 func (s Settings) Normalize() Settings {
 	s.Host = strings.ToLower(s.Host)
+	s.Isolation = strings.ToLower(strings.TrimSpace(s.Isolation))
 	if len(s.Route) > 1 && strings.HasSuffix(s.Route, "/") && !strings.HasSuffix(s.Route, "//") {
 		s.Route = s.Route[:len(s.Route)-1]
 	}
@@ -88,7 +91,18 @@ func (s Settings) Validate() error {
 	if s.QueueLen < -1 {
 		return invalid("queue_len", "%d (want >= 0, or -1 for no queue)", s.QueueLen)
 	}
+	if !machine.ValidIsolation(s.Isolation) {
+		return invalid("isolation", "%q (want %q or %q)", s.Isolation, machine.IsolationRestore, machine.IsolationFresh)
+	}
 	return validateEnv(s.Env)
+}
+
+// IsolationMode is the isolation mode s asks for, the default resolved.
+func (s Settings) IsolationMode() string {
+	if s.Isolation == "" {
+		return machine.IsolationRestore
+	}
+	return s.Isolation
 }
 
 func validateRoute(r string) error {

@@ -147,6 +147,10 @@ func TestSettingsValidate(t *testing.T) {
 			}
 		}), "env"},
 		{"env too big", with(func(s *Settings) { s.Env = []string{"A=" + strings.Repeat("x", maxEnvBytes)} }), "env"},
+		{"isolation restore", with(func(s *Settings) { s.Isolation = "restore" }), ""},
+		{"isolation fresh", with(func(s *Settings) { s.Isolation = "fresh" }), ""},
+		{"isolation unknown", with(func(s *Settings) { s.Isolation = "snapshot" }), "isolation"},
+		{"isolation not normalized", with(func(s *Settings) { s.Isolation = "Fresh" }), "isolation"},
 	} {
 		err := tc.set.Validate()
 		if tc.field == "" {
@@ -184,5 +188,12 @@ func TestNormalize(t *testing.T) {
 	}
 	if r := (Settings{Route: "/"}).Normalize().Route; r != "/" {
 		t.Errorf("Normalize turned route \"/\" into %q", r)
+	}
+	if got := (Settings{Isolation: " Fresh "}).Normalize().Isolation; got != "fresh" {
+		t.Errorf("Normalize turned isolation \" Fresh \" into %q, want fresh", got)
+	}
+	// "" stays "": an app that never chose follows the default.
+	if got := (Settings{}).Normalize(); got.Isolation != "" || got.IsolationMode() != "restore" {
+		t.Errorf("default isolation: stored %q, mode %q; want \"\" and restore", got.Isolation, got.IsolationMode())
 	}
 }
