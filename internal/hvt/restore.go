@@ -52,6 +52,9 @@ type vcpuState struct {
 	dregs  kvm.DebugRegs
 	events kvm.VCPUEvents
 	tsc    uint64 // guest TSC at capture: a restored machine starts its clock here again
+	// tscOffset: the TSC is restored through KVM_VCPU_TSC_OFFSET rather
+	// than a write of IA32_TSC (see resetTSC).
+	tscOffset bool
 }
 
 // ErrRestore wraps every failure to restore a machine; the machine is then
@@ -106,6 +109,7 @@ func captureState(m *Machine) (*vcpuState, error) {
 	// A fresh vCPU's TSC starts at 0 when it is created; restoring to 0
 	// gives every request what a brand-new VM would show.
 	st.tsc = 0
+	st.tscOffset = kvm.HasTSCOffset(m.vcpufd)
 	return st, nil
 }
 
@@ -300,8 +304,6 @@ func (m *Machine) Reset() error {
 	m.lastCompared, m.lastCopied = compared, copied
 	lap("memory (page map, compare, copy)")
 	fd := m.vcpufd
-	tsc := kvm.MSRs{NMSRs: 1}
-	tsc.Entries[0] = kvm.MSREntry{Index: kvm.MSR_IA32_TSC, Data: st.tsc}
 	// The FPU/SSE/AVX state and the TSC change in every request. The
 	// extended control registers (xsetbv), the debug registers (mov to
 	// DRn) and the run state can only change through instructions a CPL3
@@ -312,7 +314,7 @@ func (m *Machine) Reset() error {
 	// (≈ 5-7 µs apiece on this host) is spent only after any other ending.
 	steps := []func() error{
 		func() error { return kvm.SetXSave(fd, &st.xsave) },
-		func() error { return kvm.SetMSRs(fd, &tsc) },
+		func() error { return resetTSC(fd, st) },
 	}
 	if !m.lastExited {
 		steps = append(steps,
@@ -375,6 +377,23 @@ func (m *Machine) completePending() error {
 		return fmt.Errorf("%w: completing the last exit's I/O: KVM_RUN returned %v, want EINTR", ErrRestore, err)
 	}
 	return nil
+}
+
+// resetTSC makes the guest's TSC read st.tsc (0: as a new vCPU's) from now
+// on, so that a request cannot tell how long its machine has lived. KVM
+// takes a host write of IA32_TSC for an attempt to synchronise vCPUs and
+// keeps the old offset when the value is 0 or within a second of where the
+// counter would be, so where it can the offset is set directly (guest TSC
+// = host TSC + offset, no scaling: the monitor never sets a TSC rate).
+// Under PVM the guest reads the host's counter whatever either says; the
+// leak suite measures what a request sees.
+func resetTSC(fd int, st *vcpuState) error {
+	if st.tscOffset {
+		return kvm.SetTSCOffset(fd, st.tsc-kvm.HostTSC())
+	}
+	tsc := kvm.MSRs{NMSRs: 1}
+	tsc.Entries[0] = kvm.MSREntry{Index: kvm.MSR_IA32_TSC, Data: st.tsc}
+	return kvm.SetMSRs(fd, &tsc)
 }
 
 // Reused reports how many times the machine has been restored: 0 for a

@@ -80,6 +80,7 @@ func (im *Image) snapshot() (bool, error) {
 	im.memfd, im.tsize = fd, uintptr(size)
 	im.regs, im.sregs = st.regs, st.sregs
 	if im.stateErr == nil {
+		st.tscOffset = im.state.tscOffset
 		im.state = st
 	}
 	im.snapshotted = true

@@ -55,6 +55,8 @@ int main(void) {
 	I(KVM_GET_XSAVE2) I(KVM_CAP_VCPU_EVENTS) I(KVM_CAP_DEBUGREGS) I(KVM_CAP_XCRS) I(KVM_CAP_SYNC_REGS) I(KVM_CAP_XSAVE2)
 	I(KVM_SYNC_X86_REGS) I(KVM_SYNC_X86_SREGS) I(KVM_SYNC_X86_EVENTS) I(KVM_MP_STATE_RUNNABLE)
 	printf("kvm_xsave.region %zu\n", sizeof(((struct kvm_xsave *)0)->region));
+	S(kvm_device_attr) O(kvm_device_attr, attr) O(kvm_device_attr, addr)
+	I(KVM_SET_DEVICE_ATTR) I(KVM_HAS_DEVICE_ATTR) I(KVM_VCPU_TSC_CTRL) I(KVM_VCPU_TSC_OFFSET)
 	return 0;
 }
 `
@@ -197,6 +199,13 @@ func TestLayoutMatchesKernelHeaders(t *testing.T) {
 		"KVM_SYNC_X86_EVENTS":                   KVM_SYNC_X86_EVENTS,
 		"KVM_MP_STATE_RUNNABLE":                 KVM_MP_STATE_RUNNABLE,
 		"kvm_xsave.region":                      uint64(unsafe.Sizeof(XSave{})),
+		"kvm_device_attr":                       uint64(unsafe.Sizeof(DeviceAttr{})),
+		"kvm_device_attr.attr":                  uint64(unsafe.Offsetof(DeviceAttr{}.Attr)),
+		"kvm_device_attr.addr":                  uint64(unsafe.Offsetof(DeviceAttr{}.Addr)),
+		"KVM_SET_DEVICE_ATTR":                   uint64(KVM_SET_DEVICE_ATTR),
+		"KVM_HAS_DEVICE_ATTR":                   uint64(KVM_HAS_DEVICE_ATTR),
+		"KVM_VCPU_TSC_CTRL":                     KVM_VCPU_TSC_CTRL,
+		"KVM_VCPU_TSC_OFFSET":                   KVM_VCPU_TSC_OFFSET,
 	}
 	for name, want := range c {
 		got, ok := go_[name]

@@ -244,3 +244,40 @@ func (r *Run) DirtyRegs() *uint64 {
 func (r *Run) Sync() *SyncRegs {
 	return (*SyncRegs)(unsafe.Add(unsafe.Pointer(r), runSyncRegsOff))
 }
+
+// HostTSC reads this CPU's time-stamp counter (RDTSC).
+func HostTSC() uint64
+
+// DeviceAttr is struct kvm_device_attr.
+type DeviceAttr struct {
+	Flags uint32
+	Group uint32
+	Attr  uint64
+	Addr  uint64
+}
+
+// vCPU attribute group and attribute for the TSC offset (Linux 5.16+).
+const (
+	KVM_VCPU_TSC_CTRL   = 0
+	KVM_VCPU_TSC_OFFSET = 0
+)
+
+var (
+	KVM_SET_DEVICE_ATTR = ioc(iocWrite, 0xe1, unsafe.Sizeof(DeviceAttr{}))
+	KVM_HAS_DEVICE_ATTR = ioc(iocWrite, 0xe3, unsafe.Sizeof(DeviceAttr{}))
+)
+
+// HasTSCOffset reports whether the vCPU's TSC offset can be set directly.
+func HasTSCOffset(fd int) bool {
+	a := DeviceAttr{Group: KVM_VCPU_TSC_CTRL, Attr: KVM_VCPU_TSC_OFFSET}
+	_, err := ioctl(fd, KVM_HAS_DEVICE_ATTR, uintptr(unsafe.Pointer(&a)))
+	return err == nil
+}
+
+// SetTSCOffset sets the vCPU's TSC offset: the guest reads the host TSC
+// (scaled) plus offset. Unlike a write of IA32_TSC it is never taken for
+// an attempt to synchronise vCPUs and ignored.
+func SetTSCOffset(fd int, offset uint64) error {
+	a := DeviceAttr{Group: KVM_VCPU_TSC_CTRL, Attr: KVM_VCPU_TSC_OFFSET, Addr: uint64(uintptr(unsafe.Pointer(&offset)))}
+	return vcpuIoctl("KVM_SET_DEVICE_ATTR(TSC offset)", fd, KVM_SET_DEVICE_ATTR, unsafe.Pointer(&a))
+}
