@@ -187,6 +187,8 @@ func (s *Server) sizePools() {
 		case <-t.C:
 		}
 		s.mu.RLock()
+		want := make(map[*liveApp]int, len(s.apps))
+		total := 0
 		for _, a := range s.apps {
 			n := a.window.Swap(0)
 			a.peak[a.pidx] = n
@@ -195,7 +197,18 @@ func (s *Server) sizePools() {
 			for _, v := range a.peak {
 				p = max(p, v)
 			}
-			a.pool.SetSize(min(max(int(p), s.cfg.PoolFloor), s.cfg.PoolMax))
+			want[a] = min(max(int(p), s.cfg.PoolFloor), s.cfg.PoolMax)
+			total += want[a]
+		}
+		for a, w := range want {
+			// Ready machines are VMs the kernel keeps (≈ 0.5 MiB and a
+			// thread each): past MaxIdle in all, every app's share
+			// shrinks in proportion, and a busy app's machines on loan
+			// come back restored anyway.
+			if total > s.cfg.MaxIdle {
+				w = w * s.cfg.MaxIdle / total
+			}
+			a.pool.SetSize(w)
 			st := a.pool.Stats()
 			s.met.poolReady.WithLabelValues(a.name).Set(float64(st.Ready))
 			s.countRestores(a)

@@ -40,6 +40,7 @@ type Config struct {
 	GlobalQueue    int           // requests waiting for a global slot (default 1024)
 	PoolFloor      int           // ready machines an idle app keeps (0 = scale to zero; dust serve defaults to 1)
 	PoolMax        int           // ready machines a busy app may keep (default 32)
+	MaxIdle        int           // ready machines all apps together may keep (default 256)
 	MaxImageSize   int64         // largest image accepted by deploy (default 256 MiB)
 	MaxHeaderBytes int           // request header limit (default 64 KiB)
 	ShutdownGrace  time.Duration // in-flight requests get this long at shutdown (default 10s)
@@ -83,6 +84,9 @@ func (c *Config) defaults() {
 	}
 	if c.PoolMax <= 0 {
 		c.PoolMax = 32
+	}
+	if c.MaxIdle <= 0 {
+		c.MaxIdle = 256
 	}
 	if c.MaxImageSize <= 0 {
 		c.MaxImageSize = 256 << 20
