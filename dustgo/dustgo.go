@@ -31,9 +31,11 @@
 // computes is shared, read-only in effect, by all requests, and anything a
 // request changes is gone afterwards. Environment variables and os.Args
 // are the request's: dustgo reloads them from the instance before calling
-// the handler. Values drawn from math/rand's global source and map
-// iteration order are the same in every request of one deploy; use
-// crypto/rand for anything secret. See docs/wasm-go.md.
+// the handler. The Go runtime's random state is reseeded by Dust in every
+// request (math/rand's and math/rand/v2's top-level functions and the
+// seeds of maps made in the request are fresh), but anything drawn or
+// built in init, maps included, is the same in every request of one
+// deploy. See docs/wasm-go.md.
 //
 // For an http.Handler, see package dusthttp.
 package dustgo

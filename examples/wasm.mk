@@ -20,7 +20,7 @@ WASM_CFLAGS ?= --target=wasm32-wasi -O2 -Wall -Wextra
 
 C_EXAMPLES  := hello echo sha256 exitcode loop oom flood logflood trap counter
 GO_EXAMPLES := go-hello go-echo
-GO_REACTORS := go-fast-hello go-fast-echo
+GO_REACTORS := go-fast-hello go-fast-echo go-rand
 ALL := $(foreach n,$(C_EXAMPLES) $(GO_EXAMPLES) $(GO_REACTORS),$(OUT)/$(n)/$(n).wasm)
 
 .PHONY: all clean

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tetratelabs/wazero/experimental"
+
 	"github.com/dust-run/dust/internal/machine"
 	"github.com/dust-run/dust/internal/machine/machinetest"
 )
@@ -54,4 +56,60 @@ func BenchmarkHello(b *testing.B) {
 // goroutines as GOMAXPROCS.
 func BenchmarkSustained(b *testing.B) {
 	machinetest.Sustained(b, prepare(b, "hello", machine.Limits{}))
+}
+
+// BenchmarkReseed is BenchmarkHello's go-fast-hello with and without the
+// per-request reseed of the Go runtime's random state (RandStateExport),
+// side by side; "write" is the reseed alone, on one live instance.
+func BenchmarkReseed(b *testing.B) {
+	im := prepare(b, "go-fast-hello", machine.Limits{})
+	regions := im.randRegions
+	if len(regions) == 0 {
+		b.Fatal("go-fast-hello reports no random state")
+	}
+	for _, c := range []struct {
+		name    string
+		regions []randRegion
+	}{{"plain", nil}, {"reseed", regions}} {
+		b.Run(c.name, func(b *testing.B) {
+			im.randRegions = c.regions
+			defer func() { im.randRegions = regions }()
+			var out bytes.Buffer
+			lat := make(latencies, 0, b.N)
+			req := &machine.Request{Args: []string{"/hello"}, Env: helloEnv}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				out.Reset()
+				t0 := time.Now()
+				m, err := im.NewMachine()
+				if err != nil {
+					b.Fatal(err)
+				}
+				res := m.Run(context.Background(), req, &out, io.Discard)
+				m.Close()
+				lat = append(lat, time.Since(t0))
+				if res.Outcome != machine.Served || !bytes.HasSuffix(out.Bytes(), []byte("Hello, world!\n")) {
+					b.Fatalf("%v %q", res.Err(), out.Bytes())
+				}
+			}
+			b.StopTimer()
+			lat.Report(b)
+		})
+	}
+	b.Run("write", func(b *testing.B) {
+		ctx := experimental.WithMemoryAllocator(context.Background(), &linearMemory{limit: im.maxBytes})
+		mod, err := im.rt.InstantiateModule(ctx, im.compiled, im.base)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer mod.Close(ctx)
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			if err := reseed(mod, regions); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

@@ -86,7 +86,13 @@ func (m *Machine) Run(ctx context.Context, req *machine.Request, stdout, stderr 
 	var status []uint64
 	mod, err := im.rt.InstantiateModule(ictx, im.compiled, cfg)
 	if err == nil {
-		status, err = mod.ExportedFunction(im.entry).Call(ictx)
+		// Before any guest code runs, so that nothing is drawn from the
+		// snapshot's random state.
+		if err = reseed(mod, im.randRegions); err != nil {
+			err = fmt.Errorf("reseeding the snapshot's random state: %w", err)
+		} else {
+			status, err = mod.ExportedFunction(im.entry).Call(ictx)
+		}
 		res.MemoryBytes = int64(len(mem.buf))
 		if err != nil && im.tablesCapped && ctx.Err() == nil {
 			mem.tablesFull = tablesFull(ictx, mod)

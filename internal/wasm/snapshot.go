@@ -72,6 +72,9 @@ func isReactor(image []byte) bool {
 type snapshotSource struct {
 	orig    *binModule
 	globals []binGlobal
+	// goRuntime is set for a module the Go toolchain made, whose runtime
+	// seeded random state during start-up (see RandStateExport).
+	goRuntime bool
 	// exported is the binary to instantiate for pre-initialisation.
 	exported []byte
 }
@@ -131,7 +134,7 @@ func newSnapshotSource(image []byte) (*snapshotSource, error) {
 	}
 	exp := m.clone()
 	exp.setSection(secExport, encodeExports(es))
-	return &snapshotSource{orig: m, globals: gs, exported: exp.encode()}, nil
+	return &snapshotSource{orig: m, globals: gs, goRuntime: goProducer(m), exported: exp.encode()}, nil
 }
 
 // state is what a pre-initialised instance leaves: the raw bits of every
@@ -164,8 +167,8 @@ func (s *snapshotSource) capture(mod api.Module) (*state, error) {
 }
 
 // build makes the snapshot module: the original with st as its initial
-// state and without the _initialize export, so that no one runs the
-// start-up a second time over an already initialised heap.
+// state and without the _initialize and RandStateExport exports, which
+// belong to the deploy, not to requests.
 func (s *snapshotSource) build(st *state) ([]byte, error) {
 	if len(st.globals) != len(s.globals) {
 		return nil, fmt.Errorf("%d global values for %d globals", len(st.globals), len(s.globals))
@@ -210,7 +213,9 @@ func (s *snapshotSource) build(st *state) ([]byte, error) {
 	}
 	kept := es[:0:0]
 	for _, e := range es {
-		if e.name != initializeExport {
+		// Both ran once, in the throwaway instance: a second _initialize
+		// would start the runtime again over a started heap.
+		if e.name != initializeExport && e.name != RandStateExport {
 			kept = append(kept, e)
 		}
 	}
@@ -283,21 +288,38 @@ func (im *Image) snapshot(ctx context.Context, image []byte) error {
 		return fmt.Errorf("%w: %v", machine.ErrBadImage, err)
 	}
 	defer mod.Close(context.Background())
-	if _, err := mod.ExportedFunction(initializeExport).Call(ictx); err != nil {
+	// explain says why a call into the throwaway instance failed, or, for
+	// a nil error, what the guest logged.
+	explain := func(err error) string {
 		var exit *sys.ExitError
-		why := err.Error()
+		why := "it gave no reason"
 		switch {
+		case err == nil:
 		case ctx.Err() != nil:
 			why = fmt.Sprintf("it did not finish within the %v deadline", im.limits.Timeout)
 		case mem.refused.Load():
 			why = fmt.Sprintf("it needs more than the %d KiB memory limit", mem.limit>>10)
 		case errors.As(err, &exit):
 			why = fmt.Sprintf("it exited with status %d", exit.ExitCode())
+		default:
+			why = err.Error()
 		}
 		if l := strings.TrimSpace(log.String()); l != "" {
+			if err == nil {
+				return l
+			}
 			why += "; its log ends:\n" + l
 		}
-		return fmt.Errorf("%w: pre-initialising the reactor (%s): %s", machine.ErrBadImage, initializeExport, why)
+		return why
+	}
+	if _, err := mod.ExportedFunction(initializeExport).Call(ictx); err != nil {
+		return fmt.Errorf("%w: pre-initialising the reactor (%s): %s", machine.ErrBadImage, initializeExport, explain(err))
+	}
+	// After _initialize, so that every init has run, and before the
+	// capture, so that the descriptor is in the snapshot's memory.
+	regions, err := src.randState(ictx, mod, explain)
+	if err != nil {
+		return err
 	}
 	st, err := src.capture(mod)
 	if err != nil {
@@ -313,7 +335,7 @@ func (im *Image) snapshot(ctx context.Context, image []byte) error {
 		// in the app.
 		return fmt.Errorf("%w: wasm: compiling the snapshot: %v", machine.ErrInternal, err)
 	}
-	im.entry, im.reactor, im.snapshotBytes = ServeExport, true, len(snap)
+	im.entry, im.reactor, im.snapshotBytes, im.randRegions = ServeExport, true, len(snap), regions
 	return nil
 }
 

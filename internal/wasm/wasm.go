@@ -98,6 +98,9 @@ type Image struct {
 	entry         string
 	reactor       bool
 	snapshotBytes int
+	// randRegions are where a reactor's snapshot holds random state:
+	// every request's instance gets fresh bytes there (RandStateExport).
+	randRegions []randRegion
 	// tablesCapped is set when limitModule gave tables maxima and added
 	// limitsExport to tell a full one.
 	tablesCapped bool
