@@ -15,6 +15,7 @@ type artifacts struct {
 	dir string // scratch directory, removed at the end
 
 	helloELF, echoELF, bigELF    []byte // hvt images (guest/dustcc)
+	dirtyELF                     []byte // the restore sweeps' guest (restore.go)
 	helloWasm, echoWasm, goHello []byte // wasm images
 	bigWasm                      []byte
 	staticHello, staticBig       string // host programs, static glibc
@@ -58,6 +59,11 @@ func buildArtifacts(examples string) (*artifacts, error) {
 	} else if a.bigWasm, err = os.ReadFile(filepath.Join(dir, "big.wasm")); err != nil {
 		a.missing["big.wasm"] = err.Error()
 	}
+	// dirty is bench-only too, built with the guest toolchain next to the
+	// examples directory, as the examples are.
+	if err := a.buildGuest(examples, "dirty", dirtySource, &a.dirtyELF); err != nil {
+		a.missing["dirty.elf"] = err.Error()
+	}
 	for _, p := range []struct {
 		dst  *string
 		name string
@@ -75,6 +81,24 @@ func buildArtifacts(examples string) (*artifacts, error) {
 		a.qemuGuest = g
 	}
 	return a, nil
+}
+
+// buildGuest compiles src with guest/dustcc into an hvt image.
+func (a *artifacts) buildGuest(examples, name, src string, dst *[]byte) error {
+	abs, err := filepath.Abs(examples)
+	if err != nil {
+		return err
+	}
+	dustcc := filepath.Join(filepath.Dir(abs), "guest", "dustcc")
+	in, out := filepath.Join(a.dir, name+".c"), filepath.Join(a.dir, name+".elf")
+	if err := os.WriteFile(in, []byte(src), 0o644); err != nil {
+		return err
+	}
+	if err := a.run(dustcc, "-o", out, in); err != nil {
+		return err
+	}
+	*dst, err = os.ReadFile(out)
+	return err
 }
 
 func (a *artifacts) run(name string, args ...string) error {

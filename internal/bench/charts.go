@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -22,7 +23,7 @@ func writeCharts(dir string, r *Report) ([]string, error) {
 	}
 	// Whiskers at p1 and p99 rather than min and max: one preempted
 	// request on a shared host would otherwise set the scale.
-	lat := BoxChart{Title: "One hello request per fresh machine/process: latency distribution",
+	lat := BoxChart{Title: "One hello request: latency distribution per contender",
 		Unit: "µs", Caption: "box: p25-p75, bar: median, whiskers: p1-p99. " + r.Host.KVM + ", " + r.Started.Format("2006-01-02")}
 	for _, row := range r.Machine {
 		if row.Skip != "" || len(row.samples) == 0 {
@@ -101,5 +102,40 @@ func writeCharts(dir string, r *Report) ([]string, error) {
 			return files, err
 		}
 	}
+	if err := restoreCharts(r, put); err != nil {
+		return files, err
+	}
 	return files, nil
+}
+
+// restoreCharts draws the restore sweeps: reset p50 and p99 against pages
+// dirtied and against guest memory.
+func restoreCharts(r *Report, put func(string, []byte) error) error {
+	for _, sc := range []struct {
+		series, file, title, xlabel string
+		x                           func(RestorePoint) float64
+		xfmt                        func(float64) string
+	}{{"pages", "restore-pages.svg", "hvt restore (Reset) against pages the request dirtied, 64 MiB guest", "pages dirtied",
+		func(p RestorePoint) float64 { return float64(p.Pages) }, func(v float64) string { return fmt.Sprintf("%.0f", v) }},
+		{"memory", "restore-memory.svg", "hvt restore (Reset) against guest memory, 16 pages dirtied", "guest memory",
+			func(p RestorePoint) float64 { return float64(p.Memory) }, func(v float64) string { return fmtBytes(int64(v)) }}} {
+		c := LineChart{Title: sc.title, XLabel: sc.xlabel, YLabel: "µs", LogX: true, LogY: true, XFormat: sc.xfmt,
+			Caption: r.Host.KVM + ", " + r.Started.Format("2006-01-02")}
+		p50, p99 := Series{Name: "reset p50"}, Series{Name: "reset p99"}
+		for _, p := range r.RestoreScaling {
+			if p.Series != sc.series || p.Reset.N == 0 {
+				continue
+			}
+			p50.X, p50.Y = append(p50.X, sc.x(p)), append(p50.Y, us(p.Reset.P50))
+			p99.X, p99.Y = append(p99.X, sc.x(p)), append(p99.Y, us(p.Reset.P99))
+		}
+		if len(p50.X) == 0 {
+			continue
+		}
+		c.Series = []Series{p50, p99}
+		if err := put(sc.file, c.SVG()); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -42,8 +43,25 @@ type contender struct {
 	// extra adds to the row's note what only the contender knows (pool
 	// hit rate).
 	extra func() string
+	// timed, when set, serves one request and returns the part of it that
+	// is the row's latency; do is then unused.
+	timed func(ctx context.Context) (time.Duration, error)
+	// check runs after the last slice: an error (a restore pool that
+	// never restored) fails the row, whose figures would be misnamed.
+	check func() error
+	pool  *machine.Pool // the pool rows' pool, for their counters
 	close func()
 	skip  string
+}
+
+// once serves one request and times it.
+func (c *contender) once(ctx context.Context) (time.Duration, error) {
+	if c.timed != nil {
+		return c.timed(ctx)
+	}
+	t0 := time.Now()
+	err := c.do(ctx)
+	return time.Since(t0), err
 }
 
 func checkHello(out []byte) error {
@@ -79,35 +97,15 @@ func machineContenders(a *artifacts, log func(string, ...any)) (cs []*contender,
 			closers = append(closers, func() { im.Close() })
 		}
 	}
-	poolContender := func(name, note string, pace time.Duration) *contender {
-		c := &contender{Name: name, Isolation: "hardware VM (KVM)", Note: note, Pace: pace}
-		if c.skip = hvtSkip(); c.skip != "" {
-			return c
-		}
-		pool := machine.NewPool(helloImg, machine.PoolOptions{Size: 16})
-		var out bytes.Buffer
-		c.do = func(ctx context.Context) error {
-			out.Reset()
-			res, err := pool.Do(ctx, &machine.Request{Env: helloEnv}, &out, io.Discard)
-			if err != nil {
-				return err
-			}
-			if err := res.Err(); err != nil {
-				return err
-			}
-			return checkHello(out.Bytes())
-		}
-		c.settle = func() { settlePool(pool) }
-		c.extra = func() string {
-			st := pool.Stats()
-			return fmt.Sprintf("; pool hits %.0f %%", 100*float64(st.Hits)/float64(max(1, st.Hits+st.Misses)))
-		}
-		c.close = pool.Close
-		return c
-	}
+	cs = append(cs, floorContenders(helloImg, hvtSkip)...)
+	// The same pool two ways: restore mode (the default for gateway apps)
+	// and fresh mode, each paced and back to back.
 	cs = append(cs,
-		poolContender("hvt-pool-paced", "pool of 16 prepared VMs, a request every 2 ms", 2*time.Millisecond),
-		poolContender("hvt-pool", "pool of 16 prepared VMs, back to back", 0))
+		poolContender(helloImg, hvtSkip, "hvt-restore-paced", "pool of 16 VMs restored after each request (Reuse), a request every 2 ms", 2*time.Millisecond, true),
+		poolContender(helloImg, hvtSkip, "hvt-restore", "pool of 16 VMs restored after each request (Reuse), back to back", 0, true),
+		restoreSeqContender(helloImg, hvtSkip),
+		poolContender(helloImg, hvtSkip, "hvt-fresh-paced", "pool of 16 fresh VMs, each destroyed after its request, a request every 2 ms", 2*time.Millisecond, false),
+		poolContender(helloImg, hvtSkip, "hvt-fresh", "pool of 16 fresh VMs, each destroyed after its request, back to back", 0, false))
 	cold := &contender{Name: "hvt-cold", Isolation: "hardware VM (KVM)", Note: "create + run + destroy per request"}
 	if cold.skip = hvtSkip(); cold.skip == "" {
 		cold.do = imageDo(helloImg, "/hello")
@@ -188,6 +186,126 @@ func machineContenders(a *artifacts, log func(string, ...any)) (cs []*contender,
 		}
 	}
 	return cs, cleanup
+}
+
+// poolContender serves hello from a machine.Pool of 16, the production
+// path: with reuse, Recycle restores each machine on the pool's background
+// workers (restore mode); without, it destroys it and the filler makes a
+// new one (fresh mode). Both run in this process, so the CPU column, which
+// waits for the pool to settle, includes them.
+func poolContender(im machine.Image, skip func() string, name, note string, pace time.Duration, reuse bool) *contender {
+	c := &contender{Name: name, Isolation: "hardware VM (KVM)", Note: note, Pace: pace}
+	if c.skip = skip(); c.skip != "" {
+		return c
+	}
+	pool := machine.NewPool(im, machine.PoolOptions{Size: 16, Reuse: reuse})
+	var out bytes.Buffer
+	c.do = func(ctx context.Context) error {
+		out.Reset()
+		res, err := pool.Do(ctx, &machine.Request{Env: helloEnv}, &out, io.Discard)
+		if err != nil {
+			return err
+		}
+		if err := res.Err(); err != nil {
+			return err
+		}
+		return checkHello(out.Bytes())
+	}
+	c.settle = func() { settlePool(pool) }
+	c.extra = func() string { return poolNote(pool.Stats()) }
+	c.check = func() error {
+		st := pool.Stats()
+		switch {
+		case reuse && st.Restored == 0:
+			return errors.New("restore mode restored no machine")
+		case !reuse && st.Restored != 0:
+			return fmt.Errorf("fresh mode restored %d machines", st.Restored)
+		case st.RestoreErrors != 0:
+			return fmt.Errorf("%d restores failed", st.RestoreErrors)
+		}
+		return nil
+	}
+	c.pool, c.close = pool, pool.Close
+	return c
+}
+
+// poolNote says how a pool served its requests: from ready machines or
+// not, and how many machines it created and restored on the way (in
+// restore mode every machine created beyond the first 16 is churn).
+func poolNote(st machine.PoolStats) string {
+	return fmt.Sprintf("; pool hits %.0f %%, %d created, %d restored", 100*float64(st.Hits)/float64(max(1, st.Hits+st.Misses)), st.Created, st.Restored)
+}
+
+// restoreSeqContender serves hello on one machine, restored inline after
+// every request: the restore mechanism without the pool around it. The
+// latency is the run alone (what a request waits for when its restore
+// happens after it); req/s and CPU/req include the restore.
+func restoreSeqContender(im machine.Image, skip func() string) *contender {
+	c := &contender{Name: "hvt-restore-seq", Isolation: "hardware VM (KVM)",
+		Note: "one VM, run then Reset inline; latency is the run, req/s and CPU/req include the restore"}
+	if c.skip = skip(); c.skip != "" {
+		return c
+	}
+	m, err := im.NewMachine()
+	if err != nil {
+		c.skip = err.Error()
+		return c
+	}
+	r, ok := m.(machine.Resetter)
+	if !ok {
+		m.Close()
+		c.skip = "hvt machines cannot be reset"
+		return c
+	}
+	var out bytes.Buffer
+	req := &machine.Request{Env: helloEnv}
+	c.timed = func(ctx context.Context) (time.Duration, error) {
+		out.Reset()
+		t0 := time.Now()
+		res := m.Run(ctx, req, &out, io.Discard)
+		d := time.Since(t0)
+		if err := res.Err(); err != nil {
+			return d, err
+		}
+		if err := r.Reset(); err != nil {
+			return d, err
+		}
+		return d, checkHello(out.Bytes())
+	}
+	c.close = func() { m.Close() }
+	return c
+}
+
+// floorContenders are one KVM_RUN round trip with a single exit on an
+// existing vCPU (hvt.Image.FloorRunner): what no request can go below,
+// with the hand-over to a filtered vCPU worker thread (the default path)
+// and without it.
+func floorContenders(im machine.Image, skip func() string) []*contender {
+	var cs []*contender
+	for _, f := range []struct {
+		name, note string
+		hop        bool
+	}{{"hvt-floor", "one KVM_RUN round trip, 1 exit, on an existing vCPU, handed to a vCPU worker thread (seccomp on)", true},
+		{"hvt-floor-direct", "the same round trip on the caller's thread: no hand-over, no filter", false}} {
+		c := &contender{Name: f.name, Isolation: "hardware VM (KVM)", Note: f.note}
+		cs = append(cs, c)
+		if c.skip = skip(); c.skip != "" {
+			continue
+		}
+		hi, ok := im.(*hvt.Image)
+		if !ok {
+			c.skip = fmt.Sprintf("image is a %T, not an hvt image", im)
+			continue
+		}
+		run, release, err := hi.FloorRunner(f.hop)
+		if err != nil {
+			c.skip = err.Error()
+			continue
+		}
+		c.do = func(context.Context) error { return run() }
+		c.close = release
+	}
+	return cs
 }
 
 // settlePool waits until the pool is back to its target of ready machines

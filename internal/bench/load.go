@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/cgi"
+	"net/http/httptest"
 	"os"
 	"sync"
 	"time"
@@ -26,6 +28,7 @@ import (
 type target struct {
 	name, isolation, url string
 	skip                 string
+	app                  string // the gateway app behind url, if any
 }
 
 // gw is an in-process gateway plus the HTTP baselines, all on loopback.
@@ -82,15 +85,21 @@ func startGateway(a *artifacts, log func(string, ...any)) (*gw, error) {
 	g.pub, g.base = pub, "http://"+l.Addr().String()
 	// Queue rather than refuse: a load generator with 256 clients against
 	// an app capped at 16 live machines measures queueing, as users get it.
-	set := func(route string) store.Settings {
-		return store.Settings{Route: route, QueueLen: 4096, QueueWait: 60 * time.Second, MaxConcurrency: 16}
+	//
+	// hello and big keep the default isolation (restore for hvt);
+	// hello-fresh is the same image in fresh mode, a new VM per request.
+	set := func(route, isolation string) store.Settings {
+		return store.Settings{Route: route, QueueLen: 4096, QueueWait: 60 * time.Second, MaxConcurrency: 16, Isolation: isolation}
 	}
 	for _, d := range []struct {
 		name, route, file string
 		img               []byte
 		hvt               bool
-	}{{"hello", "/hello", "hello.elf", a.helloELF, true}, {"big", "/big", "big.elf", a.bigELF, true},
-		{"hello-wasm", "/wasm/hello", "hello.wasm", a.helloWasm, false}, {"big-wasm", "/wasm/big", "big.wasm", a.bigWasm, false}} {
+		isolation         string
+	}{{"hello", "/hello", "hello.elf", a.helloELF, true, ""},
+		{"hello-fresh", "/fresh/hello", "hello.elf", a.helloELF, true, machine.IsolationFresh},
+		{"big", "/big", "big.elf", a.bigELF, true, ""},
+		{"hello-wasm", "/wasm/hello", "hello.wasm", a.helloWasm, false, ""}, {"big-wasm", "/wasm/big", "big.wasm", a.bigWasm, false, ""}} {
 		if why := a.why(d.file); why != "" {
 			g.apps[d.name] = why
 			continue
@@ -99,7 +108,7 @@ func startGateway(a *artifacts, log func(string, ...any)) (*gw, error) {
 			g.apps[d.name] = g.hvtErr
 			continue
 		}
-		if _, err := srv.Deploy(d.name, bytes.NewReader(d.img), set(d.route)); err != nil {
+		if _, err := srv.Deploy(d.name, bytes.NewReader(d.img), set(d.route, d.isolation)); err != nil {
 			g.apps[d.name] = "deploy: " + err.Error()
 		}
 	}
@@ -128,8 +137,32 @@ func startGateway(a *artifacts, log func(string, ...any)) (*gw, error) {
 		}
 		*s.dst, g.stops = url, append(g.stops, stop)
 	}
-	log("gateway on %s with hello and big deployed (hvt and wasm)", g.base)
+	log("gateway on %s with hello and big deployed (hvt and wasm), hello also in fresh mode", g.base)
 	return g, nil
+}
+
+// status asks the gateway's admin API for its apps, as `dust status`
+// would: the isolation each app's machines really get and its pool's
+// counters.
+func (g *gw) status() (map[string]gateway.AppStatus, error) {
+	req := httptest.NewRequest("GET", "/v1/status", nil)
+	req.Header.Set("Authorization", "Bearer "+g.srv.Token())
+	rec := httptest.NewRecorder()
+	g.srv.AdminHandler().ServeHTTP(rec, req)
+	if rec.Code != http.StatusOK {
+		return nil, fmt.Errorf("gateway status: %d %s", rec.Code, bytes.TrimSpace(rec.Body.Bytes()))
+	}
+	var body struct {
+		Apps []gateway.AppStatus `json:"apps"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+		return nil, fmt.Errorf("gateway status: %w", err)
+	}
+	m := make(map[string]gateway.AppStatus, len(body.Apps))
+	for _, a := range body.Apps {
+		m[a.Name] = a
+	}
+	return m, nil
 }
 
 func plainBig() http.Handler {
@@ -157,20 +190,21 @@ func (g *gw) close() {
 
 func (g *gw) helloTargets() []target {
 	t := []target{
-		{name: "gateway hvt hello", isolation: "hardware VM (KVM)", url: g.base + "/hello", skip: g.apps["hello"]},
-		{name: "gateway wasm hello", isolation: "software sandbox (wasm)", url: g.base + "/wasm/hello", skip: g.apps["hello-wasm"]},
+		{name: "gateway hvt restore", isolation: "hardware VM (KVM)", url: g.base + "/hello", skip: g.apps["hello"], app: "hello"},
+		{name: "gateway hvt fresh", isolation: "hardware VM (KVM)", url: g.base + "/fresh/hello", skip: g.apps["hello-fresh"], app: "hello-fresh"},
+		{name: "gateway wasm hello", isolation: "software sandbox (wasm)", url: g.base + "/wasm/hello", skip: g.apps["hello-wasm"], app: "hello-wasm"},
 		{name: "net/http/cgi process", isolation: "process", url: g.cgi},
 		{name: "plain net/http", isolation: "none", url: g.plain},
 	}
 	if g.cgi == "" {
-		t[2].skip = "static hello not built"
+		t[3].skip = "static hello not built"
 	}
 	return t
 }
 
 func (g *gw) bigTargets() []target {
 	t := []target{
-		{name: "gateway hvt big", isolation: "hardware VM (KVM)", url: g.base + "/big", skip: g.apps["big"]},
+		{name: "gateway hvt big (restore)", isolation: "hardware VM (KVM)", url: g.base + "/big", skip: g.apps["big"], app: "big"},
 		{name: "gateway wasm big", isolation: "software sandbox (wasm)", url: g.base + "/wasm/big", skip: g.apps["big-wasm"]},
 		{name: "net/http/cgi process big", isolation: "process", url: g.big.cgi},
 		{name: "plain net/http big", isolation: "none", url: g.big.plain},
@@ -233,7 +267,30 @@ func loadSlice(ctx context.Context, client *http.Client, url string, conc int, d
 	}
 	wg.Wait()
 	t.wall += time.Since(w0)
+	quiesce()
 	t.cpu += cpuTime() - cpu0
+}
+
+// quiesce returns once the process has been nearly idle (under 5 % of a
+// core) for one window, or after 2 s. The gateway leaves pool refills,
+// restores and VM destructions to background goroutines the bench cannot
+// see into; their CPU belongs to the slice that caused them, not to the
+// next target's. The wait is outside the slice's wall time, so req/s is
+// over the time clients were sending.
+func quiesce() {
+	const window = 20 * time.Millisecond
+	t := time.NewTicker(window)
+	defer t.Stop()
+	deadline := time.Now().Add(2 * time.Second)
+	prev := cpuTime()
+	for time.Now().Before(deadline) {
+		<-t.C
+		now := cpuTime()
+		if now-prev < window/20 {
+			return
+		}
+		prev = now
+	}
 }
 
 func get(ctx context.Context, client *http.Client, url string) error {
@@ -260,13 +317,16 @@ func newClient(conc int) *http.Client {
 	return &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: conc, MaxConnsPerHost: conc, IdleConnTimeout: time.Minute}}
 }
 
-// runLoad alternates the targets in rounds at one concurrency.
-func runLoad(ctx context.Context, ts []target, conc int, slice time.Duration, rounds int, log func(string, ...any)) []LoadRow {
+// runLoad alternates the targets in rounds at one concurrency. status,
+// when not nil, reads the gateway's apps before and after, so that each
+// gateway row says how its app's pool served it.
+func runLoad(ctx context.Context, ts []target, conc int, slice time.Duration, rounds int, status statusFunc, log func(string, ...any)) []LoadRow {
 	tallies := make([]loadTally, len(ts))
 	clients := make([]*http.Client, len(ts))
 	for i := range ts {
 		clients[i] = newClient(conc)
 	}
+	before := readStatus(status, log)
 	log("load: %d targets, %d clients, %d rounds of %v", len(ts), conc, rounds, slice)
 	for _, order := range Rounds(len(ts), rounds) {
 		for _, i := range order {
@@ -276,6 +336,7 @@ func runLoad(ctx context.Context, ts []target, conc int, slice time.Duration, ro
 			loadSlice(ctx, clients[i], ts[i].url, conc, slice, &tallies[i])
 		}
 	}
+	after := readStatus(status, log)
 	rows := make([]LoadRow, 0, len(ts))
 	for i, t := range ts {
 		clients[i].CloseIdleConnections()
@@ -290,16 +351,34 @@ func runLoad(ctx context.Context, ts []target, conc int, slice time.Duration, ro
 			row.RPS = float64(n) / lt.wall.Seconds()
 			row.CPUPerReq = lt.cpu / time.Duration(n)
 		}
+		if a, ok := after[t.app]; ok && t.app != "" {
+			b := before[t.app]
+			row.Pool = &LoadPool{Mode: a.EffectiveIsolation, Hits: a.Pool.Hits - b.Pool.Hits, Misses: a.Pool.Misses - b.Pool.Misses,
+				Restored: a.Pool.Restored - b.Pool.Restored, RestoreErrors: a.Pool.RestoreErrors - b.Pool.RestoreErrors}
+		}
 		rows = append(rows, row)
 	}
 	return rows
 }
 
+type statusFunc func() (map[string]gateway.AppStatus, error)
+
+func readStatus(status statusFunc, log func(string, ...any)) map[string]gateway.AppStatus {
+	if status == nil {
+		return nil
+	}
+	m, err := status()
+	if err != nil {
+		log("%v", err)
+	}
+	return m
+}
+
 // runConcurrency sweeps the number of clients.
-func runConcurrency(ctx context.Context, ts []target, levels []int, slice time.Duration, log func(string, ...any)) []LoadRow {
+func runConcurrency(ctx context.Context, ts []target, levels []int, slice time.Duration, status statusFunc, log func(string, ...any)) []LoadRow {
 	var rows []LoadRow
 	for _, c := range levels {
-		rows = append(rows, runLoad(ctx, ts, c, slice, 2, log)...)
+		rows = append(rows, runLoad(ctx, ts, c, slice, 2, status, log)...)
 	}
 	return rows
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/dust-run/dust/internal/machine"
 )
 
 // Report is everything one run measured.
@@ -27,9 +29,13 @@ type Report struct {
 	Concurrency []LoadRow    `json:"concurrency,omitempty"`
 	GuestMemory []ScalePoint `json:"guest_memory,omitempty"`
 	BodySize    []ScalePoint `json:"body_size,omitempty"`
-	Targets     []Target     `json:"targets"`
-	Skipped     []string     `json:"skipped,omitempty"`
-	Charts      []string     `json:"charts,omitempty"`
+	// Restore mode: the restore's cost against pages dirtied and guest
+	// size, and a restored request phase by phase.
+	RestoreScaling []RestorePoint `json:"restore_scaling,omitempty"`
+	Breakdown      []Phase        `json:"breakdown,omitempty"`
+	Targets        []Target       `json:"targets"`
+	Skipped        []string       `json:"skipped,omitempty"`
+	Charts         []string       `json:"charts,omitempty"`
 }
 
 // HostInfo says what the figures were taken on.
@@ -53,6 +59,9 @@ type Row struct {
 	RPS        float64       `json:"rps"`
 	CPUPerReq  time.Duration `json:"cpu_per_request_ns"`
 	VsBaseline jsonFloat     `json:"p50_speedup_vs_baseline"`
+	// Pool is the row's machine pool's counters at the end, for the pool
+	// rows.
+	Pool *machine.PoolStats `json:"pool,omitempty"`
 	Summary
 	samples []time.Duration
 }
@@ -67,7 +76,18 @@ type LoadRow struct {
 	FirstError  string        `json:"first_error,omitempty"`
 	RPS         float64       `json:"rps"`
 	CPUPerReq   time.Duration `json:"cpu_per_request_ns"`
+	Pool        *LoadPool     `json:"pool,omitempty"`
 	Summary
+}
+
+// LoadPool is how a gateway app's machine pool served one load row:
+// counter deltas over the row's slices, from the gateway's admin API.
+type LoadPool struct {
+	Mode          string `json:"isolation_mode"` // effective: restore or fresh
+	Hits          int64  `json:"hits"`
+	Misses        int64  `json:"misses"`
+	Restored      int64  `json:"restored"`
+	RestoreErrors int64  `json:"restore_errors"`
 }
 
 // TTFBRow is the time to the first and last byte of a 1 MiB response.
@@ -101,8 +121,9 @@ type ScalePoint struct {
 	Parts map[string]time.Duration `json:"parts_ns,omitempty"`
 }
 
-// Target is one of issue 5's targets, met or not.
+// Target is one of the issues' targets, met or not.
 type Target struct {
+	Issue string    `json:"issue"`
 	What  string    `json:"what"`
 	Want  string    `json:"want"`
 	Got   string    `json:"got"`
@@ -265,8 +286,26 @@ func (r *Report) WriteText(w io.Writer) {
 		}
 		tw.Flush()
 	}
+	if len(r.RestoreScaling) > 0 {
+		fmt.Fprintln(w, "\nRestore cost (hvt.Machine.Reset after a request) against pages dirtied and guest memory:")
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "dirtied pages\tguest memory\treset p50\tp99\tpages compared\tcopied\trun p50\tn")
+		for _, p := range r.RestoreScaling {
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%d\t%s\t%d\n", p.Pages, fmtBytes(p.Memory), fmtDur(p.Reset.P50), fmtDur(p.Reset.P99), p.Compared, p.Copied, fmtDur(p.Run), p.Reset.N)
+		}
+		tw.Flush()
+	}
+	if len(r.Breakdown) > 0 {
+		fmt.Fprintln(w, "\nA restored hello request phase by phase (one machine, run then Reset):")
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "phase\tp50\tp99\tn")
+		for _, p := range r.Breakdown {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\n", p.Name, fmtDur(p.P50), fmtDur(p.P99), p.N)
+		}
+		tw.Flush()
+	}
 	if len(r.Targets) > 0 {
-		fmt.Fprintln(w, "\nTargets (issue 5):")
+		fmt.Fprintln(w, "\nTargets (issues 5 and 10):")
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		for _, t := range r.Targets {
 			verdict := "MET"
@@ -276,7 +315,7 @@ func (r *Report) WriteText(w io.Writer) {
 			case !t.Met:
 				verdict = "MISSED"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.What, t.Want, t.Got, verdict, t.Reason)
+			fmt.Fprintf(tw, "#%s\t%s\t%s\t%s\t%s\t%s\n", t.Issue, t.What, t.Want, t.Got, verdict, t.Reason)
 		}
 		tw.Flush()
 	}
@@ -288,13 +327,17 @@ func (r *Report) WriteText(w io.Writer) {
 
 func writeLoad(w io.Writer, rows []LoadRow) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "target\tisolation\tclients\treq/s\tp50\tp99\tCPU/req\terrors")
+	fmt.Fprintln(tw, "target\tisolation\tclients\treq/s\tp50\tp99\tCPU/req\terrors\tmachines")
 	for _, l := range rows {
 		errs := fmt.Sprint(l.Errors)
 		if l.FirstError != "" {
 			errs += " (" + l.FirstError + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%s\t%s\t%s\t%s\n", l.Name, l.Isolation, l.Concurrency, l.RPS, fmtDur(l.P50), fmtDur(l.P99), fmtDur(l.CPUPerReq), errs)
+		pool := ""
+		if p := l.Pool; p != nil {
+			pool = fmt.Sprintf("%s: pool hits %.0f %%, %d restored", p.Mode, 100*float64(p.Hits)/float64(max(1, p.Hits+p.Misses)), p.Restored)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%s\t%s\t%s\t%s\t%s\n", l.Name, l.Isolation, l.Concurrency, l.RPS, fmtDur(l.P50), fmtDur(l.P99), fmtDur(l.CPUPerReq), errs, pool)
 	}
 	tw.Flush()
 }

@@ -48,6 +48,8 @@ type budget struct {
 	loadSlice  time.Duration
 	loadRounds int
 	ttfb       int // samples per TTFB target
+	restores   int // restores per point of the restore sweeps
+	breakdown  int // requests of the restored-request breakdown
 	scaling    bool
 	memory     bool
 }
@@ -58,7 +60,7 @@ func (o *Options) budget() budget {
 		if d <= 0 {
 			d = 8 * time.Second
 		}
-		return budget{slice: 100 * time.Millisecond, machine: d, loadSlice: min(500*time.Millisecond, max(100*time.Millisecond, d/16)), loadRounds: 2, ttfb: 20}
+		return budget{slice: 100 * time.Millisecond, machine: d, loadSlice: min(500*time.Millisecond, max(100*time.Millisecond, d/16)), loadRounds: 2, ttfb: 20, restores: 30, breakdown: 300}
 	}
 	d := o.Duration
 	if d <= 0 {
@@ -68,7 +70,8 @@ func (o *Options) budget() budget {
 	return budget{
 		slice: 250 * time.Millisecond, machine: d,
 		loadSlice: time.Duration(scale * float64(time.Second)), loadRounds: 4,
-		ttfb: max(20, int(200*scale)), scaling: true, memory: true,
+		ttfb: max(20, int(200*scale)), restores: max(30, int(300*scale)), breakdown: max(300, int(3000*scale)),
+		scaling: true, memory: true,
 	}
 }
 
@@ -103,16 +106,29 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	// Both before the gateway starts: the breakdown's phase hook is
+	// global and must see no other machine.
+	if rep.RestoreScaling, err = runRestoreScaling(ctx, a, b.restores, log); err != nil {
+		rep.Skipped = append(rep.Skipped, "restore cost: "+err.Error())
+		log("restore cost: %v", err)
+	}
+	if rep.Breakdown, err = runRestoreBreakdown(ctx, a, b.breakdown, log); err != nil {
+		rep.Skipped = append(rep.Skipped, "breakdown: "+err.Error())
+		log("breakdown: %v", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 
 	g, err := startGateway(a, log)
 	if err != nil {
 		rep.Skipped = append(rep.Skipped, "gateway: "+err.Error())
 		log("skip gateway sections: %v", err)
 	} else {
-		rep.Gateway = runLoad(ctx, g.helloTargets(), 16, b.loadSlice, b.loadRounds, log)
+		rep.Gateway = runLoad(ctx, g.helloTargets(), 16, b.loadSlice, b.loadRounds, g.status, log)
 		rep.TTFB = runTTFB(ctx, g.bigTargets(), b.ttfb, log)
 		if b.scaling {
-			rep.Concurrency = runConcurrency(ctx, g.helloTargets(), []int{1, 4, 16, 64, 256}, b.loadSlice, log)
+			rep.Concurrency = runConcurrency(ctx, g.helloTargets(), []int{1, 4, 16, 64, 256}, b.loadSlice, g.status, log)
 		}
 		g.close()
 	}
@@ -220,9 +236,8 @@ func runSlice(ctx context.Context, c *contender, d time.Duration, t *tally) {
 		if tick != nil {
 			<-tick.C
 		}
-		s := time.Now()
-		err := c.do(ctx)
-		t.samples = append(t.samples, time.Since(s))
+		d, err := c.once(ctx)
+		t.samples = append(t.samples, d)
 		if err != nil {
 			t.err = err
 			break
@@ -254,7 +269,7 @@ func runMachine(ctx context.Context, cs []*contender, b budget, baseline string,
 	// Warm every contender once outside the figures: first-use costs
 	// (page cache, JIT, lazy init) are not what a request pays.
 	for _, i := range live {
-		if err := cs[i].do(ctx); err != nil {
+		if _, err := cs[i].once(ctx); err != nil {
 			cs[i].skip = "failed: " + err.Error()
 			log("%s failed: %v", cs[i].Name, err)
 		}
@@ -278,12 +293,25 @@ func runMachine(ctx context.Context, cs []*contender, b budget, baseline string,
 			log("machine layer: round %d/%d", r+1, rounds)
 		}
 	}
+	for _, c := range cs {
+		if c.skip != "" || c.check == nil {
+			continue
+		}
+		if err := c.check(); err != nil {
+			c.skip = "failed: " + err.Error()
+			log("%s failed: %v", c.Name, err)
+		}
+	}
 	rows := make([]Row, len(cs))
 	for i, c := range cs {
 		t := tallies[i]
 		rows[i] = Row{Name: c.Name, Isolation: c.Isolation, Note: c.Note, Skip: c.skip, Paced: c.Pace > 0}
 		if c.extra != nil && c.skip == "" {
 			rows[i].Note += c.extra()
+		}
+		if c.pool != nil && c.skip == "" {
+			st := c.pool.Stats()
+			rows[i].Pool = &st
 		}
 		if len(t.samples) > 0 && c.skip == "" {
 			rows[i].Summary = Summarize(t.samples)

@@ -54,7 +54,8 @@ func TestQuickSmoke(t *testing.T) {
 	for _, want := range []struct {
 		name     string
 		required bool
-	}{{"hvt-pool-paced", true}, {"hvt-pool", true}, {"hvt-cold", true}, {"posix-spawn", true}, {"http-plain", true},
+	}{{"hvt-floor", true}, {"hvt-floor-direct", true}, {"hvt-restore-paced", true}, {"hvt-restore", true}, {"hvt-restore-seq", true},
+		{"hvt-fresh-paced", true}, {"hvt-fresh", true}, {"hvt-cold", true}, {"posix-spawn", true}, {"http-plain", true},
 		{"qemu-microvm", noQEMU == nil}, {"container-ns", root}, {"container-runc", root && noRunc == nil}} {
 		r, ok := byName[want.name]
 		if !ok {
@@ -64,16 +65,62 @@ func TestQuickSmoke(t *testing.T) {
 			t.Errorf("%s skipped: %s", want.name, r.Skip)
 		}
 	}
+	// The restore rows must really have restored, the fresh ones not.
+	for name, restores := range map[string]bool{"hvt-restore-paced": true, "hvt-restore": true, "hvt-fresh-paced": false, "hvt-fresh": false} {
+		p := byName[name].Pool
+		switch {
+		case p == nil:
+			t.Errorf("%s: no pool counters", name)
+		case restores != (p.Restored > 0) || p.RestoreErrors != 0:
+			t.Errorf("%s: %d restored, %d restore errors", name, p.Restored, p.RestoreErrors)
+		}
+	}
+	// A request is at least one round trip: the floor must sit below it.
+	if f, s := byName["hvt-floor"], byName["hvt-restore-seq"]; f.P50 >= s.P50 {
+		t.Errorf("floor p50 %v not below a restored request's %v", f.P50, s.P50)
+	}
 	if len(rep.Gateway) == 0 || rep.Gateway[0].Requests == 0 {
 		t.Errorf("gateway section empty: %+v", rep.Gateway)
 	}
+	gwModes := map[string]string{"gateway hvt restore": "restore", "gateway hvt fresh": "fresh"}
 	for _, g := range rep.Gateway {
 		if g.Errors > 0 {
 			t.Errorf("%s: %d errors (%s)", g.Name, g.Errors, g.FirstError)
 		}
+		mode, ok := gwModes[g.Name]
+		if !ok {
+			continue
+		}
+		delete(gwModes, g.Name)
+		switch p := g.Pool; {
+		case g.Requests == 0:
+			t.Errorf("%s: no requests", g.Name)
+		case p == nil:
+			t.Errorf("%s: no pool counters", g.Name)
+		case p.Mode != mode || (mode == "restore") != (p.Restored > 0):
+			t.Errorf("%s: isolation %q with %d restored, want %s", g.Name, p.Mode, p.Restored, mode)
+		}
+	}
+	for name := range gwModes {
+		t.Errorf("no gateway row %q", name)
+	}
+	checkRestoreScaling(t, rep.RestoreScaling)
+	phases := map[string]bool{}
+	for _, p := range rep.Breakdown {
+		phases[p.Name] = p.N > 0 && p.P50 > 0
+	}
+	for _, want := range []string{"run: KVM_RUN (guest running)", "run: total", "restore: memory (page map, compare, copy)", "restore: total"} {
+		if !phases[want] {
+			t.Errorf("breakdown lacks %q: %+v", want, rep.Breakdown)
+		}
+	}
+	for _, tg := range rep.Targets {
+		if tg.Issue == "10" && !tg.Measured {
+			t.Errorf("issue 10 target %q not measured: %s", tg.What, tg.Reason)
+		}
 	}
 	text := stdout.String()
-	for _, s := range []string{"p50 vs posix-spawn", "hvt-pool-paced", "Targets (issue 5)"} {
+	for _, s := range []string{"p50 vs posix-spawn", "hvt-restore-paced", "hvt-floor", "gateway hvt fresh", "Restore cost", "Targets (issues 5 and 10)"} {
 		if !strings.Contains(text, s) {
 			t.Errorf("report lacks %q:\n%s", s, text)
 		}
@@ -81,11 +128,13 @@ func TestQuickSmoke(t *testing.T) {
 	if !strings.Contains(stderr.String(), "machine layer") {
 		t.Errorf("no progress on stderr: %q", stderr.String())
 	}
-	svg, err := os.ReadFile(filepath.Join(out, "latency.svg"))
-	if err != nil {
-		t.Fatal(err)
+	for _, f := range []string{"latency.svg", "restore-pages.svg", "restore-memory.svg"} {
+		svg, err := os.ReadFile(filepath.Join(out, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		wellFormed(t, svg)
 	}
-	wellFormed(t, svg)
 	js, err := os.ReadFile(filepath.Join(out, "report.json"))
 	if err != nil {
 		t.Fatal(err)
@@ -93,5 +142,28 @@ func TestQuickSmoke(t *testing.T) {
 	var back Report
 	if err := json.Unmarshal(js, &back); err != nil {
 		t.Fatalf("report.json: %v", err)
+	}
+}
+
+// checkRestoreScaling holds the restore sweeps to what they measure: every
+// point ran, each restore copied back at least the pages the guest
+// dirtied (and compared at least those it copied), and dirtying 4096
+// pages costs more to restore than dirtying one.
+func checkRestoreScaling(t *testing.T, pts []RestorePoint) {
+	t.Helper()
+	if len(pts) != len(restorePages)+len(restoreMemories) {
+		t.Fatalf("restore sweep has %d points, want %d: %+v", len(pts), len(restorePages)+len(restoreMemories), pts)
+	}
+	reset := map[int]time.Duration{}
+	for _, p := range pts {
+		if p.Reset.N == 0 || p.Reset.P50 <= 0 || p.Copied < p.Pages || p.Compared < p.Copied {
+			t.Errorf("implausible restore point %+v", p)
+		}
+		if p.Series == "pages" {
+			reset[p.Pages] = p.Reset.P50
+		}
+	}
+	if reset[4096] <= reset[1] {
+		t.Errorf("restoring 4096 dirtied pages (%v) no dearer than 1 (%v)", reset[4096], reset[1])
 	}
 }
