@@ -33,9 +33,11 @@ func cmdBench(args []string, stdout, stderr io.Writer) int {
 	fs.Usage = func() {
 		fmt.Fprint(stderr, `usage: dust bench [--quick] [--duration D] [--json] [--out DIR] [--baseline NAME]
 
-Runs every contender (Dust hvt and wasm, posix_spawn, net/http/cgi, QEMU
+Runs every contender (Dust hvt restored and fresh, its KVM_RUN floor, wasm,
+posix_spawn, a container per request (namespaces, runc), net/http/cgi, QEMU
 microvm, plain net/http) on the same hello program, alternating them in
-rounds, and prints latency, throughput, CPU per request and ratios. Run it
+rounds, and prints latency, throughput, CPU per request, ratios, the cost of
+a restore against pages dirtied and guest size, and the targets. Run it
 from the repository root after `+"`make build examples wasm-examples`"+`
 (or use `+"`make bench`"+`). Progress goes to stderr.
 
