@@ -70,6 +70,7 @@ type Image struct {
 	sregs  kvm.Sregs
 	regs   kvm.Regs
 	cpuid  []byte
+	hwcap  uint64 // a Linux program's AT_HWCAP
 
 	// view maps the sealed template read-only: what a restore copies
 	// back. state is the vCPU state a restore reloads (nil with stateErr
@@ -99,7 +100,7 @@ func Prepare(elf []byte, limits machine.Limits) (*Image, error) {
 	if err := limits.Validate(); err != nil {
 		return nil, err
 	}
-	img, err := parseELF(elf)
+	img, err := parseImage(elf)
 	if err != nil {
 		return nil, err
 	}
@@ -114,7 +115,19 @@ func Prepare(elf []byte, limits machine.Limits) (*Image, error) {
 	if !cpuidHasNX(cpuid) {
 		return nil, errNoNX
 	}
-	lay, err := buildLayout(img, uint64(limits.Memory), hostTSCHz(sys))
+	var lay *layout
+	sregs := initialSregs()
+	if img.linux {
+		// Every system call reads and writes the registers through
+		// kvm_run's sync area; without it each would cost two ioctls more.
+		if sys.CheckExtension(kvm.KVM_CAP_SYNC_REGS)&linuxValidRegs != linuxValidRegs {
+			return nil, fmt.Errorf("%w: KVM lacks KVM_CAP_SYNC_REGS, which Linux programs need", machine.ErrBadImage)
+		}
+		lay, err = buildLinuxLayout(img, uint64(limits.Memory))
+		sregs = linuxSregs()
+	} else {
+		lay, err = buildLayout(img, uint64(limits.Memory), hostTSCHz(sys))
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -124,7 +137,13 @@ func Prepare(elf []byte, limits machine.Limits) (*Image, error) {
 	}
 	im := &Image{
 		sys: sys, limits: limits, lay: lay, elf: img, memfd: fd, tsize: uintptr(lay.tsize),
-		sregs: initialSregs(), regs: lay.initialRegs(), cpuid: cpuid,
+		sregs: sregs, regs: lay.initialRegs(), cpuid: cpuid,
+	}
+	if img.linux {
+		// AT_HWCAP is CPUID leaf 1 EDX, as Linux reports it; the guest
+		// sees this CPUID list.
+		leaf1, _ := cpuidLeaf(cpuid, 1)
+		im.hwcap = uint64(leaf1.EDX)
 	}
 	// The memfd holds the bytes now; without these references the Image
 	// does not also pin the caller's copy of the ELF file.
@@ -348,6 +367,13 @@ func (im *Image) newMachine() (m *Machine, err error) {
 		return nil, err
 	}
 	lap("KVM_SET_REGS")
+	if im.lay.linux {
+		if err = setSyscallMSRs(m.vcpufd); err != nil {
+			return nil, err
+		}
+		*m.run.ValidRegs() = linuxValidRegs
+		lap("KVM_SET_MSRS (syscall entry)")
+	}
 	im.stateOnce.Do(func() {
 		if im.stateErr = checkRestoreCaps(im.sys); im.stateErr == nil {
 			im.state, im.stateErr = captureState(mm)

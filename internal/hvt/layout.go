@@ -46,6 +46,9 @@ type layout struct {
 	// gigabyte-sized allocation at every deploy.
 	low   []byte
 	tsize uint64 // template length: low memory and every byte the file provides; BSS beyond comes from zero pages
+	// linux: a Linux program's layout (linuxabi.go), with its stack size.
+	linux     bool
+	stackSize uint64
 }
 
 // buildLayout places img in memSize bytes of guest memory.
@@ -67,6 +70,27 @@ func buildLayout(img *elfImage, memSize, tscHz uint64) (*layout, error) {
 	}
 	t := make([]byte, requestEnd)
 	l.low = t
+	writeMonitorPages(t)
+	if err := l.pageTables(img, t); err != nil {
+		return nil, err
+	}
+
+	le := binary.LittleEndian
+	bi := t[bootInfoAddr:]
+	le.PutUint64(bi[biMagic:], bootMagic)
+	le.PutUint32(bi[biABIVersion:], abiVersion)
+	le.PutUint32(bi[biSize:], bootInfoSize)
+	le.PutUint64(bi[biMemSize:], memSize)
+	le.PutUint64(bi[biHeapStart:], l.heapStart)
+	le.PutUint64(bi[biHeapEnd:], l.heapEnd)
+	le.PutUint64(bi[biStackTop:], l.stackTop)
+	le.PutUint64(bi[biTSCHz:], tscHz)
+	return l, nil
+}
+
+// writeMonitorPages writes the GDT, the TSS with its I/O bitmap and the
+// warm-up stub into low memory t.
+func writeMonitorPages(t []byte) {
 	le := binary.LittleEndian
 
 	// GDT: descriptors with the accessed bit preset (see pte comment).
@@ -90,24 +114,13 @@ func buildLayout(img *elfImage, memSize, tscHz uint64) (*layout, error) {
 	t[tssAddr+tssLimit] = 0xFF
 
 	copy(t[warmAddr:], warmStub)
-	if err := l.pageTables(img, t); err != nil {
-		return nil, err
-	}
-
-	bi := t[bootInfoAddr:]
-	le.PutUint64(bi[biMagic:], bootMagic)
-	le.PutUint32(bi[biABIVersion:], abiVersion)
-	le.PutUint32(bi[biSize:], bootInfoSize)
-	le.PutUint64(bi[biMemSize:], memSize)
-	le.PutUint64(bi[biHeapStart:], l.heapStart)
-	le.PutUint64(bi[biHeapEnd:], l.heapEnd)
-	le.PutUint64(bi[biStackTop:], l.stackTop)
-	le.PutUint64(bi[biTSCHz:], tscHz)
-	return l, nil
 }
 
 // perm returns the page-table permission of the 4 KiB page at addr.
 func (l *layout) perm(img *elfImage, addr uint64) uint64 {
+	if l.linux {
+		return l.linuxPerm(img, addr)
+	}
 	switch {
 	case addr == gdtAddr, addr >= tssAddr && addr <= tssAddr+tssLimit:
 		return permSuperRW // GDT and TSS: the CPU reads them, the guest may not
@@ -159,6 +172,9 @@ func (l *layout) pageTables(img *elfImage, t []byte) error {
 			}
 		}
 		pde := pdAddr + 8*r
+		if !uniform && l.linux && l.unmapped(img, base) {
+			continue // a Linux guest's unmapped 2 MiB needs no page table
+		}
 		if uniform {
 			le.PutUint64(t[pde:], base|permUserRW|ptePS)
 			continue
@@ -177,6 +193,26 @@ func (l *layout) pageTables(img *elfImage, t []byte) error {
 		}
 	}
 	return nil
+}
+
+// unmapped reports whether no page of the 2 MiB region at base is mapped.
+func (l *layout) unmapped(img *elfImage, base uint64) bool {
+	for a := base; a < base+largePage; a += pageSize {
+		if l.perm(img, a) != permNone {
+			return false
+		}
+	}
+	return true
+}
+
+// hostPrivate is the range of guest memory the monitor writes for every
+// request (warm.go): boot info and request area for a Dust guest, the top
+// of the stack (argv, envp, auxv) for a Linux one.
+func (l *layout) hostPrivate() (start, end uint64) {
+	if l.linux {
+		return l.stackTop - 2*pageSize, l.stackTop
+	}
+	return hostPrivateStart, hostPrivateEnd
 }
 
 // EFER bits. NXE makes the page tables' NX bit mean "no execute"; KVM
@@ -212,5 +248,10 @@ func initialSregs() kvm.Sregs {
 // initialRegs: entry point, stack at the top of memory, boot info in RDI,
 // IOPL 3 so the guest's `out` instructions reach the monitor.
 func (l *layout) initialRegs() kvm.Regs {
+	if l.linux {
+		// RSP is set per request, below argv and auxv (placeLinux). No
+		// IOPL: a Linux program does no port I/O of its own.
+		return kvm.Regs{RIP: l.entry, RSP: l.stackTop, RFLAGS: 0x2}
+	}
 	return kvm.Regs{RIP: l.entry, RSP: l.stackTop, RDI: bootInfoAddr, RFLAGS: 0x3002}
 }

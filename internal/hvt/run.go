@@ -63,6 +63,8 @@ type Machine struct {
 	// (completePending).
 	completed   bool
 	completeErr error
+	// proc: the last request's Linux process (LinuxCalls).
+	proc syscaller
 }
 
 // Close destroys the VM: kvm_run mapping, vCPU and VM descriptors (the
@@ -75,6 +77,9 @@ func (m *Machine) Close() error {
 	}
 	m.closed = true
 	var errs []error
+	if m.proc != nil {
+		errs = append(errs, m.proc.Close())
+	}
 	lap := phaseTimer("close")
 	if m.runPtr != nil {
 		errs = append(errs, unix.MunmapPtr(m.runPtr, uintptr(len(m.runMap))))
@@ -127,6 +132,10 @@ type session struct {
 	// bodyLeft is what the guest may still read; -1 means unknown (until EOF).
 	bodyLeft int64
 	res      machine.Result
+	// A Linux program's process, and whether one of its writers or its
+	// body has already ended the run with an outcome.
+	proc  syscaller
+	ended bool
 }
 
 // Run serves one request on this machine (machine.Machine).
@@ -215,6 +224,9 @@ func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
 // argv/envp and the first body bytes. Copy-on-write means these are the
 // first private pages of the machine.
 func (s *session) place(req *machine.Request) error {
+	if s.m.im.lay.linux {
+		return s.placeLinux(req)
+	}
 	mem := s.m.mem
 	inline := int64(inlineBodyMax)
 	if s.bodyLeft >= 0 {
@@ -340,6 +352,9 @@ func (s *session) stopped() {
 // io handles one port-I/O exit. It returns false when the run is over.
 func (s *session) io() bool {
 	m := s.m
+	if m.im.lay.linux {
+		return s.linuxIO()
+	}
 	io := m.run.IO()
 	if io.Direction != kvm.KVM_EXIT_IO_OUT || io.Size != 4 || io.Count != 1 {
 		s.end(machine.BadHypercall, fmt.Sprintf("port access: port %#x direction %d size %d count %d; hypercalls are 32-bit OUTs", io.Port, io.Direction, io.Size, io.Count))

@@ -80,14 +80,14 @@ func (im *Image) probe() ([]uint64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
 	defer cancel()
 	m.Run(ctx, req, io.Discard, io.Discard) // whatever the outcome, the pages it touched are a good guess
-	return touchedPages(m.mem, func(addr uint64) bool { return im.lay.perm(im.elf, addr) == permUserRW })
+	return touchedPages(m.mem, func(addr uint64) uint64 { return im.lay.perm(im.elf, addr) })
 }
 
 // touchedPages reads this process's page map for guest memory mem and
 // lists the guest pages that are present: a page of the template that is no
 // longer the file's page, or any present page of the anonymous part, was
 // written.
-func touchedPages(mem []byte, writable func(uint64) bool) ([]uint64, error) {
+func touchedPages(mem []byte, perm func(uint64) uint64) ([]uint64, error) {
 	f, err := os.Open("/proc/self/pagemap")
 	if err != nil {
 		return nil, err
@@ -106,7 +106,11 @@ func touchedPages(mem []byte, writable func(uint64) bool) ([]uint64, error) {
 			continue
 		}
 		addr := uint64(i) * pageSize
-		if e&fileOrShared == 0 && writable(addr) {
+		p := perm(addr)
+		if p&pteUS == 0 {
+			continue // the stub runs at CPL3: a supervisor page (a Linux guest's syscall stub) would fault it
+		}
+		if e&fileOrShared == 0 && p == permUserRW {
 			addr |= 1
 		}
 		list = append(list, addr)
@@ -122,7 +126,8 @@ var errWarm = errors.New("hvt: warming the machine failed")
 func (m *Machine) warm() error {
 	// MADV_POPULATE_WRITE makes the copy-on-write copies now without
 	// changing a byte.
-	if err := unix.Madvise(m.mem[hostPrivateStart:hostPrivateEnd], unix.MADV_POPULATE_WRITE); err != nil {
+	hpStart, hpEnd := m.im.lay.hostPrivate()
+	if err := unix.Madvise(m.mem[hpStart:hpEnd], unix.MADV_POPULATE_WRITE); err != nil {
 		return fmt.Errorf("%w: populating request pages: %v", errWarm, err)
 	}
 	regs := kvm.Regs{RIP: warmAddr, RSP: m.im.lay.stackTop, RFLAGS: 0x3002}

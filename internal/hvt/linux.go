@@ -1,0 +1,249 @@
+package hvt
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/dust-run/dust/internal/kvm"
+	"github.com/dust-run/dust/internal/linux"
+	"github.com/dust-run/dust/internal/machine"
+)
+
+// linuxValidRegs: KVM stores the general and special registers into
+// kvm_run at every exit of a Linux guest, so a system call is served
+// without a KVM_GET_REGS, and CS tells the privilege level the stub ran at.
+const linuxValidRegs = kvm.KVM_SYNC_X86_REGS | kvm.KVM_SYNC_X86_SREGS
+
+// syscaller is what the monitor needs of a Linux process: internal/linux's
+// Process.
+type syscaller interface {
+	Call(nr uint64, args [6]uint64) linux.Result
+	Unknown() map[string]int
+	Calls() int
+	Close() error
+}
+
+// newProcess makes a request's process; tests may substitute one.
+var newProcess = func(cfg linux.Config, im *Image) syscaller {
+	p := linux.New(cfg)
+	restrictProcess(p, im)
+	return p
+}
+
+// restrictProcess tells the process which guest memory its system calls
+// may not touch. Config.Mem is all of guest memory from address 0, so
+// without this a read() into the stub, or a getrandom() into the page
+// tables, would have the monitor rewrite its own pages.
+func restrictProcess(p *linux.Process, im *Image) {
+	lay := im.lay
+	p.Deny(0, linuxStubAddr)                          // GDT, TSS, page tables, warm-up stub
+	p.ReadOnly(linuxStubAddr, linuxPhdrAddr+pageSize) // the stub and the program-header copy
+	p.Deny(linuxPhdrAddr+pageSize, imageBase)         // unmapped
+	for _, sg := range im.elf.segments {
+		if sg.flags&pfW == 0 {
+			p.ReadOnly(sg.vaddr&^(pageSize-1), alignUp(sg.vaddr+sg.memsz, pageSize))
+		}
+	}
+	p.Deny(lay.guard, lay.guard+pageSize)
+	p.SetStackSize(lay.stackSize)
+}
+
+// directReturn makes the monitor always return from a system call to
+// CPL3 itself (RIP = RCX, RFLAGS = R11, user CS/SS written through the
+// sync area), even where the stub's SYSRETQ could; kept switchable so the
+// variants can be measured again (BenchmarkLinuxSyscall).
+var directReturn = false
+
+// sysretFlags is what SYSRETQ keeps of R11 in RFLAGS; IOPL is dropped as
+// well, so that a program jumping into the stub with a crafted R11 gains
+// nothing it could not do with popf.
+const sysretFlags = 0x3C7FD7 &^ 0x3000
+
+// argv0 is the program name when a request carries no arguments; a CGI
+// request's Args start with the script path (internal/cgi, as WAGI does).
+const argv0 = "/app/main"
+
+// placeLinux writes a Linux program's initial stack for this request and
+// makes its process. The body is not read here: the program reads it from
+// stdin, within the deadline, through read(2).
+func (s *session) placeLinux(req *machine.Request) error {
+	m := s.m
+	lay := m.im.lay
+	args := req.Args
+	if len(args) == 0 {
+		args = []string{argv0}
+	}
+	e := &linuxEntry{phdr: m.im.elf.phdrAddr, phnum: m.im.elf.phnum, entry: lay.entry, hwcap: m.im.hwcap}
+	rand.Read(e.random[:])
+	// A quarter of the stack for arguments and environment, as Linux
+	// allows a quarter of RLIMIT_STACK.
+	sp, err := buildStack(m.mem, lay.stackTop, lay.stackTop-lay.stackSize/4, args, req.Env, e)
+	if err != nil {
+		return err
+	}
+	// Both a fresh machine (registers set by ioctl) and a restored one
+	// (registers pending in the sync area) start from the image's entry
+	// registers; only RSP differs per request.
+	regs := m.im.regs
+	regs.RSP = sp
+	m.run.Sync().Regs = regs
+	*m.run.DirtyRegs() |= kvm.KVM_SYNC_X86_REGS
+
+	start := time.Now()
+	ctx := s.ctx
+	if m.proc != nil {
+		m.proc.Close() // the previous request's, on a restored machine
+	}
+	s.proc = newProcess(linux.Config{
+		Mem:       m.mem,
+		HeapStart: lay.heapStart,
+		HeapEnd:   lay.heapEnd,
+		Stdin:     linuxBody{s},
+		StdinLen:  s.bodyLeft,
+		Stdout:    linuxWriter{s, fdStdout},
+		Stderr:    linuxWriter{s, fdStderr},
+		Now:       time.Now,
+		Monotonic: func() int64 { return int64(time.Since(start)) },
+		Random:    func(b []byte) { rand.Read(b) },
+		Sleep: func(d time.Duration) bool {
+			t := time.NewTimer(d)
+			defer t.Stop()
+			select {
+			case <-t.C:
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		},
+	}, m.im)
+	m.proc = s.proc
+	return nil
+}
+
+// errStopped is what a writer returns once a limit or the sink has ended
+// the run; the session already holds the outcome.
+var errStopped = errors.New("hvt: the run is over")
+
+// linuxWriter is a Linux program's stdout or stderr: the same limits and
+// sinks as a Dust guest's WRITE hypercall. A write is delivered whole or
+// not at all.
+type linuxWriter struct {
+	s  *session
+	fd uint64
+}
+
+func (w linuxWriter) Write(b []byte) (int, error) {
+	if !w.s.write(w.fd, b) {
+		w.s.ended = true
+		return 0, errStopped
+	}
+	return len(b), nil
+}
+
+// linuxBody is the request body as stdin; a failing client ends the run
+// as Canceled, as a Dust guest's READ does.
+type linuxBody struct{ s *session }
+
+func (r linuxBody) Read(b []byte) (int, error) {
+	n, err := r.s.body.Read(b)
+	if err != nil && err != io.EOF {
+		r.s.end(machine.Canceled, "reading the request body")
+		r.s.res.Cause = err
+		r.s.ended = true
+	}
+	return n, err
+}
+
+// linuxIO serves one exit of a Linux guest: only the stub's OUT is a
+// system call. The same OUT from the program's own code (which it may
+// execute: the TSS bitmap allows every port) has its RIP elsewhere and is
+// refused. The stub page is user-executable, because under PVM SYSCALL
+// reaches it at CPL3 (linuxabi.go); a program that jumps there itself
+// instead of executing SYSCALL makes a system call with RCX and R11 of its
+// choice, which is no more than SYSCALL followed by a jump.
+func (s *session) linuxIO() bool {
+	m := s.m
+	io := m.run.IO()
+	regs := &m.run.Sync().Regs
+	// KVM reports RIP at the OUT when it completes it on the next entry,
+	// after it when it emulated it (PVM): both are the stub.
+	fromStub := regs.RIP == linuxStubAddr || regs.RIP == linuxStubAddr+2
+	if io.Port != linuxSyscallPort || io.Direction != kvm.KVM_EXIT_IO_OUT || io.Size != 1 || io.Count != 1 || !fromStub {
+		hint := ""
+		if io.Port >= portBase && io.Port <= portBase+0xFF {
+			hint = " (a libdust program without its Dust ABI note?)"
+		}
+		s.end(machine.BadHypercall, fmt.Sprintf("port access %#x (size %d) at RIP %#x: a Linux program reaches the monitor only through SYSCALL%s", io.Port, io.Size, regs.RIP, hint))
+		return false
+	}
+	r := s.proc.Call(regs.RAX, [6]uint64{regs.RDI, regs.RSI, regs.RDX, regs.R10, regs.R8, regs.R9})
+	switch r.Action {
+	case linux.ActionExit:
+		s.end(machine.Served, "")
+		s.res.ExitStatus = r.Status
+		m.mu.Lock()
+		m.lastExited = true // no exception: as after a Dust guest's EXIT (see Reset)
+		m.mu.Unlock()
+		return false
+	case linux.ActionStop:
+		s.linuxStop(r.Err)
+		return false
+	}
+	regs.RAX = r.Ret
+	dirty := uint64(kvm.KVM_SYNC_X86_REGS)
+	sr := &m.run.Sync().Sregs
+	switch {
+	case directReturn:
+		regs.RIP, regs.RFLAGS = regs.RCX, regs.R11&sysretFlags|2
+		sr.CS, sr.SS = m.im.sregs.CS, m.im.sregs.SS
+		dirty |= kvm.KVM_SYNC_X86_SREGS
+	case sr.CS.DPL == 0:
+		// Hardware KVM: SYSCALL entered CPL0, and the stub's SYSRETQ,
+		// one native instruction, returns.
+	default:
+		// PVM (nested KVM here) delivers a SYSCALL of a guest that is
+		// not PVM-aware by jumping to LSTAR without leaving CPL3, where
+		// SYSRETQ would #GP: the monitor returns instead, through the
+		// general registers only.
+		regs.RIP, regs.RFLAGS = regs.RCX, regs.R11&sysretFlags|2
+	}
+	if r.SetFS {
+		// Once per process (arch_prctl(ARCH_SET_FS) at start-up).
+		sr.FS.Base = r.FSBase
+		dirty |= kvm.KVM_SYNC_X86_SREGS
+	}
+	*m.run.DirtyRegs() = dirty
+	return true
+}
+
+// linuxStop ends a run that a system call could not complete.
+func (s *session) linuxStop(err error) {
+	switch {
+	case s.ended:
+		// A writer or the body already said why.
+	case s.ctx.Err() != nil:
+		s.stopped()
+	case errors.Is(err, context.DeadlineExceeded):
+		s.end(machine.DeadlineExceeded, fmt.Sprintf("still running after %v", s.limits.Timeout))
+	case errors.Is(err, context.Canceled):
+		s.end(machine.Canceled, "the caller went away")
+		s.res.Cause = err
+	default:
+		s.end(machine.BadOutput, fmt.Sprintf("a system call could not be served: %v", err))
+		s.res.Cause = err
+	}
+}
+
+// LinuxCalls reports the system calls the last request's Linux program
+// made, and those answered ENOSYS or EPERM by name; zero and nil for a
+// Dust guest.
+func (m *Machine) LinuxCalls() (calls int, unknown map[string]int) {
+	if m.proc == nil {
+		return 0, nil
+	}
+	return m.proc.Calls(), m.proc.Unknown()
+}

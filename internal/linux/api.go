@@ -1,0 +1,97 @@
+// Package linux serves the Linux system calls of an ordinary static
+// x86-64 Linux program (gcc -static, musl, CGO_ENABLED=0 Go) running as an
+// hvt guest: one table of calls, each handler small and validating every
+// guest pointer and length against guest memory before using it; unknown
+// calls answered ENOSYS, counted and reported, never a host crash.
+//
+// The package knows nothing about KVM: the monitor (internal/hvt) traps a
+// guest's SYSCALL, hands the number and arguments to Process.Call, writes
+// the result back into RAX and resumes the guest. Everything a call can
+// touch is in Config (guest memory, the request body, the response and log
+// writers, the clock, randomness, the read-only app files) or in the
+// Process (file descriptors, the program break, mappings, a per-request
+// in-memory /tmp), so a Process lives exactly as long as one request.
+package linux
+
+import (
+	"io"
+	"io/fs"
+	"time"
+)
+
+// Config is what a Process may use. Mem is the guest's memory, identity
+// mapped (guest-virtual = guest-physical = index into Mem).
+type Config struct {
+	Mem []byte
+	// Heap is the guest address range [HeapStart, HeapEnd) that brk and
+	// anonymous mmap may hand out (page-aligned, inside Mem, writable in
+	// the guest's page tables); nothing outside it is ever given to the
+	// program as new memory.
+	HeapStart, HeapEnd uint64
+	// Stdin is the request body (at most StdinLen bytes; < 0: until EOF);
+	// Stdout the CGI response, Stderr the app's log. The monitor's writers
+	// enforce the output and log limits; a write error from them ends the
+	// program (ActionStop).
+	Stdin    io.Reader
+	StdinLen int64
+	Stdout   io.Writer
+	Stderr   io.Writer
+	// Now is the wall clock; Monotonic nanoseconds since the request
+	// started. Random fills a buffer with fresh random bytes (per request).
+	Now       func() time.Time
+	Monotonic func() int64
+	Random    func([]byte)
+	// Files are the app's read-only files, seen under /app (nil: none).
+	Files fs.FS
+	// Sleep blocks for d or until the request's deadline, whichever is
+	// first, and reports whether the whole d passed.
+	Sleep func(d time.Duration) bool
+}
+
+// Action tells the monitor what to do after a call.
+type Action int
+
+const (
+	// ActionContinue: write Result.Ret to RAX and resume the guest.
+	ActionContinue Action = iota
+	// ActionExit: the program exited (exit_group, or exit of its last
+	// thread) with Result.Status.
+	ActionExit
+	// ActionStop: the call could not be served (a writer failed, the
+	// deadline passed while blocked): end the run; Result.Err says why.
+	ActionStop
+)
+
+// Result of one system call.
+type Result struct {
+	Ret    uint64 // the value for RAX: a result, or -errno as uint64
+	Action Action
+	Status int   // exit status, for ActionExit
+	Err    error // for ActionStop
+	// FSBase, when SetFS is true, is the new FS base the monitor must load
+	// (arch_prctl(ARCH_SET_FS)) before resuming.
+	FSBase uint64
+	SetFS  bool
+}
+
+// Process is one request's Linux process. It is not safe for concurrent
+// use: a guest has one vCPU.
+type Process struct {
+	cfg Config
+	st  state
+}
+
+// New makes the process for one request.
+func New(cfg Config) *Process { return newProcess(cfg) }
+
+// Call serves system call nr with its six arguments (RDI, RSI, RDX, R10,
+// R8, R9).
+func (p *Process) Call(nr uint64, args [6]uint64) Result { return p.call(nr, args) }
+
+// Unknown reports the system calls answered ENOSYS or EPERM so far, by
+// name (or "syscall_N"), with how many times each: the monitor logs them
+// once per request and counts them per app.
+func (p *Process) Unknown() map[string]int { return p.unknown() }
+
+// Calls is how many system calls the process made.
+func (p *Process) Calls() int { return p.calls() }
