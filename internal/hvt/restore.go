@@ -95,22 +95,45 @@ func checkRestoreCaps(sys *kvm.System) error {
 // and has never run.
 func captureState(m *Machine) (*vcpuState, error) {
 	st := &vcpuState{regs: m.im.regs, sregs: m.im.sregs}
-	steps := []func() error{
-		func() error { return kvm.GetXSave(m.vcpufd, &st.xsave) },
-		func() error { return kvm.GetXCRs(m.vcpufd, &st.xcrs) },
-		func() error { return kvm.GetDebugRegs(m.vcpufd, &st.dregs) },
-		func() error { return kvm.GetVCPUEvents(m.vcpufd, &st.events) },
-	}
-	for _, f := range steps {
-		if err := f(); err != nil {
-			return nil, fmt.Errorf("%w: capturing vCPU state: %w", ErrRestore, err)
-		}
+	if err := st.readExtra(m.vcpufd); err != nil {
+		return nil, fmt.Errorf("%w: capturing vCPU state: %w", ErrRestore, err)
 	}
 	// A fresh vCPU's TSC starts at 0 when it is created; restoring to 0
 	// gives every request what a brand-new VM would show.
 	st.tsc = 0
 	st.tscOffset = kvm.HasTSCOffset(m.vcpufd)
 	return st, nil
+}
+
+// readExtra reads the vCPU state beyond the registers: the XSAVE area,
+// XCRs, debug registers and pending events.
+func (st *vcpuState) readExtra(fd int) error {
+	return allOf(
+		func() error { return kvm.GetXSave(fd, &st.xsave) },
+		func() error { return kvm.GetXCRs(fd, &st.xcrs) },
+		func() error { return kvm.GetDebugRegs(fd, &st.dregs) },
+		func() error { return kvm.GetVCPUEvents(fd, &st.events) },
+	)
+}
+
+// loadExtra loads what readExtra read into a vCPU.
+func (st *vcpuState) loadExtra(fd int) error {
+	return allOf(
+		func() error { return kvm.SetXSave(fd, &st.xsave) },
+		func() error { return kvm.SetXCRs(fd, &st.xcrs) },
+		func() error { return kvm.SetDebugRegs(fd, &st.dregs) },
+		func() error { return kvm.SetVCPUEvents(fd, &st.events) },
+	)
+}
+
+// allOf runs steps in order and stops at the first error.
+func allOf(steps ...func() error) error {
+	for _, f := range steps {
+		if err := f(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // pagemap is this process's page map, opened once.
@@ -323,11 +346,9 @@ func (m *Machine) Reset() error {
 			func() error { return kvm.SetMPState(fd, kvm.MPState{State: kvm.KVM_MP_STATE_RUNNABLE}) },
 		)
 	}
-	for _, f := range steps {
-		if err := f(); err != nil {
-			m.broken = true
-			return fmt.Errorf("%w: %w", ErrRestore, err)
-		}
+	if err := allOf(steps...); err != nil {
+		m.broken = true
+		return fmt.Errorf("%w: %w", ErrRestore, err)
 	}
 	lap("XSAVE, TSC (and XCRs, debug registers, run state after a fault)")
 	// Registers, special registers and events go through kvm_run's sync

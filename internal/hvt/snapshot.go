@@ -59,18 +59,12 @@ func (im *Image) snapshot() (bool, error) {
 		return false, fmt.Errorf("%w: completing the READY exit: KVM_RUN returned %v, want EINTR", errSnapshot, err)
 	}
 	st := &vcpuState{}
-	steps := []func() error{
+	if err := allOf(
 		func() error { return kvm.GetRegs(m.vcpufd, &st.regs) },
 		func() error { return kvm.GetSregs(m.vcpufd, &st.sregs) },
-		func() error { return kvm.GetXSave(m.vcpufd, &st.xsave) },
-		func() error { return kvm.GetXCRs(m.vcpufd, &st.xcrs) },
-		func() error { return kvm.GetDebugRegs(m.vcpufd, &st.dregs) },
-		func() error { return kvm.GetVCPUEvents(m.vcpufd, &st.events) },
-	}
-	for _, f := range steps {
-		if err := f(); err != nil {
-			return false, fmt.Errorf("%w: capturing the vCPU: %w", errSnapshot, err)
-		}
+		func() error { return st.readExtra(m.vcpufd) },
+	); err != nil {
+		return false, fmt.Errorf("%w: capturing the vCPU: %w", errSnapshot, err)
 	}
 	fd, size, err := im.snapshotTemplate(m)
 	if err != nil {
@@ -147,16 +141,8 @@ func (m *Machine) applySnapshotState() error {
 	if st == nil {
 		return fmt.Errorf("%w: %v", errSnapshot, m.im.stateErr)
 	}
-	steps := []func() error{
-		func() error { return kvm.SetXSave(m.vcpufd, &st.xsave) },
-		func() error { return kvm.SetXCRs(m.vcpufd, &st.xcrs) },
-		func() error { return kvm.SetDebugRegs(m.vcpufd, &st.dregs) },
-		func() error { return kvm.SetVCPUEvents(m.vcpufd, &st.events) },
-	}
-	for _, f := range steps {
-		if err := f(); err != nil {
-			return fmt.Errorf("%w: %w", errSnapshot, err)
-		}
+	if err := st.loadExtra(m.vcpufd); err != nil {
+		return fmt.Errorf("%w: %w", errSnapshot, err)
 	}
 	return nil
 }
