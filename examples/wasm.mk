@@ -6,6 +6,11 @@
 #   make -f examples/wasm.mk            builds examples/NAME/NAME.wasm
 #   make -f examples/wasm.mk OUT=DIR    builds DIR/NAME/NAME.wasm instead
 #
+# lua/lua.wasm is the Lua 5.4 interpreter, built by lua/build.sh from
+# Debian's lua5.4 source package, which it fetches with apt-get into
+# LUA_CACHE (gitignored) the first time; when the archive cannot be reached
+# it says so and is skipped, and the other examples build as usual.
+#
 # Only the C examples that are plain C build: the ones using libdust's
 # hypercalls or x86 instructions (badptr, secret, illegal) are hvt-only, and crash
 # is not a fault in wasm (address 0x10 is ordinary linear memory).
@@ -21,7 +26,8 @@ WASM_CFLAGS ?= --target=wasm32-wasi -O2 -Wall -Wextra
 C_EXAMPLES  := hello echo sha256 exitcode loop oom flood logflood trap counter
 GO_EXAMPLES := go-hello go-echo
 GO_REACTORS := go-fast-hello go-fast-echo go-rand
-ALL := $(foreach n,$(C_EXAMPLES) $(GO_EXAMPLES) $(GO_REACTORS),$(OUT)/$(n)/$(n).wasm)
+LUA_CACHE ?= $(ROOT)/.cache/lua
+ALL := $(foreach n,$(C_EXAMPLES) $(GO_EXAMPLES) $(GO_REACTORS),$(OUT)/$(n)/$(n).wasm) $(OUT)/lua/lua.wasm
 
 .PHONY: all clean
 all: $(ALL)
@@ -34,6 +40,9 @@ $(foreach n,$(GO_EXAMPLES),$(eval $(OUT)/$(n)/$(n).wasm: ; @mkdir -p $$(@D) && c
 
 .PHONY: $(foreach n,$(GO_REACTORS),$(OUT)/$(n)/$(n).wasm)
 $(foreach n,$(GO_REACTORS),$(eval $(OUT)/$(n)/$(n).wasm: ; @mkdir -p $$(@D) && cd $(ROOT) && GOOS=wasip1 GOARCH=wasm $$(GO) build -trimpath -buildmode=c-shared -o $$@ ./examples/$(n)))
+
+$(OUT)/lua/lua.wasm: $(EXDIR)/lua/build.sh $(wildcard $(EXDIR)/lua/wasi/*)
+	@sh $(EXDIR)/lua/build.sh $@ $(LUA_CACHE) $(WASM_CC)
 
 clean:
 	rm -f $(ALL)

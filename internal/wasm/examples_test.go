@@ -26,6 +26,19 @@ var (
 // DUST_REQUIRE_WASM_TOOLCHAIN=1 makes that a failure.
 func exampleWasm(t testing.TB, name string) []byte {
 	t.Helper()
+	b, err := builtExample(name)
+	if err == nil {
+		return b
+	}
+	if !strings.HasPrefix(name, "go-") && os.Getenv("DUST_REQUIRE_WASM_TOOLCHAIN") != "1" && !haveWasiToolchain() {
+		t.Skipf("example %s: no clang/wasm-ld/wasi-libc for wasm32-wasi (apt install clang lld wasi-libc libclang-rt-14-dev-wasm32)", name)
+	}
+	t.Fatalf("example %s was not built: %v\n%s", name, err, buildLog)
+	return nil
+}
+
+// builtExample returns OUT/NAME/NAME.wasm as examples/wasm.mk left it.
+func builtExample(name string) ([]byte, error) {
 	buildOnce.Do(func() {
 		d, err := os.MkdirTemp("", "dust-wasm-examples-")
 		if err != nil {
@@ -38,15 +51,7 @@ func exampleWasm(t testing.TB, name string) []byte {
 		out, _ := exec.Command("make", "-s", "-k", "-f", filepath.Join(root, "examples/wasm.mk"), "OUT="+d).CombinedOutput()
 		buildLog = string(out)
 	})
-	b, err := os.ReadFile(filepath.Join(buildDir, name, name+".wasm"))
-	if err == nil {
-		return b
-	}
-	if !strings.HasPrefix(name, "go-") && os.Getenv("DUST_REQUIRE_WASM_TOOLCHAIN") != "1" && !haveWasiToolchain() {
-		t.Skipf("example %s: no clang/wasm-ld/wasi-libc for wasm32-wasi (apt install clang lld wasi-libc libclang-rt-14-dev-wasm32)", name)
-	}
-	t.Fatalf("example %s was not built: %v\n%s", name, err, buildLog)
-	return nil
+	return os.ReadFile(filepath.Join(buildDir, name, name+".wasm"))
 }
 
 // haveWasiToolchain reports whether clang can link a WASI program.

@@ -93,7 +93,6 @@ func (m *Machine) Run(ctx context.Context, req *machine.Request, stdout, stderr 
 		} else {
 			status, err = mod.ExportedFunction(im.entry).Call(ictx)
 		}
-		res.MemoryBytes = int64(len(mem.buf))
 		if err != nil && im.tablesCapped && ctx.Err() == nil {
 			mem.tablesFull = tablesFull(ictx, mod)
 		}
@@ -103,6 +102,7 @@ func (m *Machine) Run(ctx context.Context, req *machine.Request, stdout, stderr 
 	} else if ctx.Err() == nil {
 		err = fmt.Errorf("instantiating: %w", err)
 	}
+	res.MemoryBytes = int64(mem.size.Load())
 	res.Exits = int(calls.Load())
 	res.StdoutBytes, res.StderrBytes = out.n, log.n
 	res.RunTime = time.Since(start)
@@ -252,8 +252,13 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 // failed because it ran out of memory is told apart from one that failed
 // for another reason.
 type linearMemory struct {
-	buf     []byte
-	limit   uint64
+	buf   []byte
+	limit uint64
+	// size is len(buf), kept when the instance is closed and buf freed:
+	// proc_exit, the deadline and the output limits close it before Run
+	// can look. Atomic because wazero closes it from its own goroutine
+	// on the deadline.
+	size    atomic.Uint64
 	refused atomic.Bool
 	// tablesFull is set after a trap when a table capped by capTables is
 	// at its maximum: the table's share of the memory limit ran out.
@@ -280,6 +285,7 @@ func (m *linearMemory) Reallocate(size uint64) []byte {
 		m.buf = nb
 	}
 	m.buf = m.buf[:size]
+	m.size.Store(size)
 	return m.buf
 }
 

@@ -25,7 +25,6 @@ import (
 	"fmt"
 	"os"
 	"path"
-	"path/filepath"
 	"strings"
 	"sync"
 
@@ -58,8 +57,9 @@ type Mount struct {
 // Options configure how images are prepared. The zero value is the
 // deny-by-default configuration with the default on-disk cache.
 type Options struct {
-	// CacheDir holds compiled code across restarts. Empty means
-	// $DUST_WASM_CACHE, else os.UserCacheDir()/dust/wazero.
+	// CacheDir holds compiled code across restarts, in a directory per
+	// image (see PruneCache). Empty means $DUST_WASM_CACHE, else
+	// os.UserCacheDir()/dust/wazero.
 	CacheDir string
 	// NoDiskCache keeps compiled code in memory only (shared by the
 	// images of this process).
@@ -127,7 +127,7 @@ func Prepare(image []byte, limits machine.Limits, o Options) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	cache, err := compilationCache(o)
+	cache, err := compilationCache(o, ImageDigest(image))
 	if err != nil {
 		return nil, err
 	}
@@ -135,9 +135,7 @@ func Prepare(image []byte, limits machine.Limits, o Options) (*Image, error) {
 	// No WithMemoryLimitPages: the per-instance allocator enforces the
 	// limit, so that a refused memory.grow can be told apart (see
 	// linearMemory); wazero's limit would refuse it silently.
-	rt := wazero.NewRuntimeWithConfig(ctx, wazero.NewRuntimeConfig().
-		WithCloseOnContextDone(true).
-		WithCompilationCache(cache))
+	rt := wazero.NewRuntimeWithConfig(ctx, runtimeConfig().WithCompilationCache(cache))
 	im := &Image{limits: limits, rt: rt, maxBytes: uint64(limits.Memory) / pageSize * pageSize, refs: 1}
 	im.base = wazero.NewModuleConfig().
 		WithName(""). // anonymous: many instances of one module at once
@@ -169,6 +167,25 @@ func Prepare(image []byte, limits machine.Limits, o Options) (*Image, error) {
 	}
 	return im, nil
 }
+
+// runtimeConfig is the wazero configuration every image's runtime has.
+//
+// Debug info is off because wazero builds an error for every panic out of
+// the guest, proc_exit's included, and with DWARF present (Go's linker and
+// Debian's wasi-libc both leave it in) it looks every frame of the stack
+// up in the DWARF line table, scanning it from the start under one lock
+// per module: exit(0) from 200 frames down cost 5–8 ms, not 20 µs.
+// The exit error is then thrown away. Traps lose only source file:line;
+// the function names in trap reports come from the name section.
+func runtimeConfig() wazero.RuntimeConfig {
+	return wazero.NewRuntimeConfig().
+		WithCloseOnContextDone(true).
+		WithDebugInfoEnabled(debugInfo)
+}
+
+// debugInfo is false but in BenchmarkExit and BenchmarkLua, which measure
+// what it costs.
+var debugInfo = false
 
 // Reactor reports whether the image is a pre-initialised reactor (see
 // ServeExport), and the size of its snapshot module in bytes.
@@ -242,61 +259,6 @@ func mounts(dirs []Mount) (wazero.FSConfig, error) {
 		fsc = fsc.WithReadOnlyDirMount(d.HostDir, d.GuestPath)
 	}
 	return fsc, nil
-}
-
-// Caches are per directory and per process: wazero's cache is safe to
-// share between runtimes, and sharing it means a module deployed twice is
-// compiled once.
-var caches struct {
-	sync.Mutex
-	byDir map[string]wazero.CompilationCache
-}
-
-// DefaultCacheDir is where compiled code is kept when Options.CacheDir is
-// empty.
-func DefaultCacheDir() (string, error) {
-	if d := os.Getenv(CacheEnv); d != "" {
-		return d, nil
-	}
-	d, err := os.UserCacheDir()
-	if err != nil {
-		return "", err
-	}
-	return filepath.Join(d, "dust", "wazero"), nil
-}
-
-func compilationCache(o Options) (wazero.CompilationCache, error) {
-	dir := ""
-	if !o.NoDiskCache {
-		dir = o.CacheDir
-		if dir == "" {
-			d, err := DefaultCacheDir()
-			if err != nil {
-				// No home directory: compile per process rather than fail.
-				d = ""
-			}
-			dir = d
-		}
-	}
-	caches.Lock()
-	defer caches.Unlock()
-	if c, ok := caches.byDir[dir]; ok {
-		return c, nil
-	}
-	var c wazero.CompilationCache
-	if dir == "" {
-		c = wazero.NewCompilationCache()
-	} else {
-		var err error
-		if c, err = wazero.NewCompilationCacheWithDir(dir); err != nil {
-			return nil, fmt.Errorf("wasm: compilation cache %s: %w", dir, err)
-		}
-	}
-	if caches.byDir == nil {
-		caches.byDir = map[string]wazero.CompilationCache{}
-	}
-	caches.byDir[dir] = c
-	return c, nil
 }
 
 // Kind implements machine.Image.
