@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/dust-run/dust/internal/cgi"
 	"github.com/dust-run/dust/internal/kvm"
@@ -12,7 +13,7 @@ import (
 const (
 	exitOK          = 0 // a response was produced
 	exitError       = 1 // anything not listed below (I/O error, internal error)
-	exitUsage       = 2 // bad command line
+	exitUsage       = 2 // bad command line or bad setting
 	exitBadImage    = 3 // the image was refused (not an ELF/wasm, malformed, wrong ABI)
 	exitDeadline    = 4 // the machine ran past its deadline
 	exitFault       = 5 // the machine faulted, broke the ABI, or hit a memory/output/log limit
@@ -27,7 +28,7 @@ func exitCode(err error) int {
 	switch {
 	case err == nil:
 		return exitOK
-	case errors.Is(err, machine.ErrBadImage):
+	case errors.Is(err, machine.ErrBadImage), errors.Is(err, errEmptyImage):
 		return exitBadImage
 	case errors.Is(err, kvm.ErrUnavailable):
 		return exitUnavailable
@@ -48,3 +49,22 @@ func exitCode(err error) int {
 }
 
 var errUsage = errors.New("usage")
+
+// errEmptyImage is an image file with nothing in it: refused (exit 3)
+// before anything is uploaded.
+var errEmptyImage = errors.New("empty image")
+
+// plainError carries a complete message and the sentinel that picks its
+// exit code, without the sentinel's text in front of the message.
+type plainError struct {
+	msg  string
+	kind error
+}
+
+func (e *plainError) Error() string { return e.msg }
+func (e *plainError) Unwrap() error { return e.kind }
+
+// badUsage is a bad command line, said in the user's terms (exit 2).
+func badUsage(format string, args ...any) error {
+	return &plainError{msg: fmt.Sprintf(format, args...), kind: errUsage}
+}

@@ -133,22 +133,22 @@ func TestDeployIsolationFlag(t *testing.T) {
 	}
 	hello := example(t, "hello")
 	isolation := func(name string) (asked, status string) {
-		code, out, errOut := admin("app", name)
+		code, out, errOut := admin("app", name, "--json")
 		if code != exitOK {
 			t.Fatalf("dust app %s: exit %d: %s", name, code, errOut)
 		}
 		var got struct {
-			App struct {
-				Current struct{ Settings struct{ Isolation string } }
-			}
+			Settings struct {
+				Isolation string `json:"isolation"`
+			} `json:"settings"`
 			Status struct {
 				Isolation string `json:"isolation"`
-			}
+			} `json:"status"`
 		}
 		if err := json.Unmarshal([]byte(out), &got); err != nil {
 			t.Fatalf("dust app %s: %v\n%s", name, err, out)
 		}
-		return got.App.Current.Settings.Isolation, got.Status.Isolation
+		return got.Settings.Isolation, got.Status.Isolation
 	}
 
 	if code, _, errOut := admin("deploy", "--isolation", "fresh", "f", hello); code != exitOK {

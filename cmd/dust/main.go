@@ -7,25 +7,29 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
+	"runtime/debug"
+	"strings"
 )
 
 const usage = `usage: dust <command> [flags]
 
 commands:
-  run IMAGE          run one request through one fresh machine and print the response
-                     (-requests N: N times, on one restored machine or -isolation fresh)
-  serve              run the gateway: one fresh machine per HTTP request (-demo deploys the examples)
-  deploy NAME IMAGE  deploy (or redeploy) an app to a running gateway
-  apps               list deployed apps
-  app NAME           show an app: settings, versions, live status
-  rollback NAME      switch an app back to its previous version
-  rm NAME            remove an app
-  logs NAME [-f]     print (and follow) an app's log
-  bench              measure Dust against processes, CGI, QEMU and wasm, side by side
-  version            print the version
+  run IMAGE            run one request through one fresh machine and print the response
+  serve                run the gateway: one fresh machine per HTTP request
+  deploy NAME IMAGE    deploy (or redeploy) an app; unset settings are kept
+  apps                 list deployed apps
+  app NAME             show an app: settings, versions, live status, recent failures
+  rollback NAME        switch an app back to its previous version (--to N: version N)
+  rm NAME              remove an app
+  logs NAME            print an app's log (-f: follow, --since 10m)
+  secret set|rm|ls APP set, remove or list an app's secrets
+  bench                measure Dust against processes, CGI, QEMU and wasm, side by side
+  version              print the version
 
-Run 'dust <command> -h' for the flags of a command.
+Run 'dust <command> -h' for a command's flags and an example; docs/cli.md
+has the whole reference and the exit codes.
 `
 
 func main() {
@@ -33,29 +37,82 @@ func main() {
 }
 
 func run(args []string) int {
+	return dispatch(args, os.Stdout, os.Stderr)
+}
+
+func dispatch(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprint(os.Stderr, usage)
+		fmt.Fprint(stderr, usage)
 		return exitUsage
 	}
 	switch args[0] {
 	case "run":
-		return cmdRun(args[1:], os.Stdout, os.Stderr)
+		return cmdRun(args[1:], stdout, stderr)
 	case "serve":
-		return cmdServe(args[1:], os.Stdout, os.Stderr)
+		return cmdServe(args[1:], stdout, stderr)
 	case "deploy", "apps", "app", "rollback", "rm", "logs":
-		return cmdAdmin(args[0], args[1:], os.Stdout, os.Stderr)
+		return cmdAdmin(args[0], args[1:], stdout, stderr)
+	case "secret", "secrets":
+		return cmdSecret(args[1:], stdout, stderr)
 	case "bench":
-		return cmdBench(args[1:], os.Stdout, os.Stderr)
+		return cmdBench(args[1:], stdout, stderr)
 	case "version":
-		fmt.Println("dust", version)
+		return cmdVersion(args[1:], stdout, stderr)
+	case "help":
+		if len(args) > 1 {
+			return dispatch([]string{args[1], "-h"}, stdout, stderr)
+		}
+		fmt.Fprint(stdout, usage)
 		return exitOK
-	case "-h", "--help", "help":
-		fmt.Print(usage)
+	case "-h", "--help":
+		fmt.Fprint(stdout, usage)
 		return exitOK
 	default:
-		fmt.Fprintf(os.Stderr, "dust: unknown command %q\n%s", args[0], usage)
+		fmt.Fprintf(stderr, "dust: unknown command %q (see 'dust -h')\n", args[0])
 		return exitUsage
 	}
 }
 
-const version = "0.1.0-dev"
+// versionString is the module version and the VCS revision the binary was
+// built from, as far as the build recorded them.
+func versionString() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "dust (no build information)"
+	}
+	v := bi.Main.Version
+	if v == "" {
+		v = "(devel)"
+	}
+	var rev, at, dirty string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.time":
+			at = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = ", modified"
+			}
+		}
+	}
+	out := "dust " + v
+	if rev != "" {
+		out += fmt.Sprintf(" (%s, %s%s)", rev[:min(12, len(rev))], at, dirty)
+	}
+	return out + " " + bi.GoVersion
+}
+
+func cmdVersion(args []string, stdout, stderr io.Writer) int {
+	f := newCmdFlags("version", "", "Prints the module version, the VCS revision it was built from and the Go version.", "  dust version")
+	pos, code, ok := f.parse(args, stdout, stderr)
+	if !ok {
+		return code
+	}
+	if len(pos) != 0 {
+		return f.usageErr(stderr, "want no arguments, got %s", strings.Join(pos, " "))
+	}
+	fmt.Fprintln(stdout, versionString())
+	return exitOK
+}

@@ -70,6 +70,8 @@ func kindFor(image []byte) (machine.Kind, error) {
 		return hvt.Kind{}, nil
 	case len(image) >= 4 && string(image[:4]) == "\x00asm":
 		return wasm.Kind{}, nil
+	case len(image) == 0:
+		return nil, fmt.Errorf("%w: the image is empty (0 bytes); want an ELF built for Dust (hvt) or a WebAssembly module", machine.ErrBadImage)
 	}
 	return nil, fmt.Errorf("%w: neither an ELF (hvt) nor a WebAssembly image (magic %q)", machine.ErrBadImage, image[:min(4, len(image))])
 }

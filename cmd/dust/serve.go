@@ -69,6 +69,19 @@ func isLoopback(addr string) bool {
 func cmdServe(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("dust serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, `usage: dust serve [flags]
+
+Runs the gateway: every HTTP request on the app listener runs on a brand-new
+machine of its app's kind; the admin API, metrics and the status page are on
+the admin listener. Apps, their versions, secrets and logs are kept in the
+data directory and served again after a restart.
+
+flags:
+`)
+		fs.PrintDefaults()
+		fmt.Fprint(stderr, "\nexample:\n  dust serve --listen 127.0.0.1:8080 --admin 127.0.0.1:8081 --log-max-size 16MiB\n")
+	}
 	listen := fs.String("listen", "127.0.0.1:8080", "app `address`")
 	admin := fs.String("admin", "127.0.0.1:8081", "admin API `address`")
 	data := fs.String("data", defaultDataDir(), "data `directory` (store, images, admin token)")
@@ -79,6 +92,9 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	floor := fs.Int("pool-floor", 1, "ready machines an idle app keeps (0: scale to zero)")
 	perClient := fs.Int("max-per-client", 1024, "requests one client address may have in the gateway at once (-1: no cap)")
 	runAs := fs.String("user", "", "after binding the listeners and opening /dev/kvm, run as this `account` (the data directory is handed to it)")
+	logCap := sizeFlag(gateway.DefaultLogCap)
+	fs.Var(&logCap, "log-max-size", "disk each app's log may take, `SIZE` (default 4MiB); beyond it the oldest half is dropped")
+	publicURL := fs.String("url", "", "base `URL` apps are reached at, as deploy and apps print it (default http://LISTEN)")
 	seccomp := fs.Bool("seccomp", true, "run hvt vCPUs on worker threads under a seccomp filter (off saves ≈ 45 µs per request on nested KVM)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -134,6 +150,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	srv, err := gateway.New(gateway.Config{
 		DataDir: *data, Kinds: allKinds(), Detect: detectKind, Logger: log,
 		MaxLive: *maxLive, PoolFloor: *floor, MaxPerClient: *perClient,
+		AppAddr: lp.Addr().String(), PublicURL: *publicURL, Version: versionString(), LogCap: int64(logCap),
 	})
 	if err != nil {
 		lp.Close()

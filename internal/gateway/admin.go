@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -47,6 +49,9 @@ func (s *Server) adminMux() http.Handler {
 	}
 	mux.Handle("GET /metrics", auth(promhttp.HandlerFor(s.met.reg, promhttp.HandlerOpts{}).ServeHTTP))
 	mux.HandleFunc("GET /v1/status", auth(s.apiStatus))
+	mux.HandleFunc("GET /v1/info", auth(s.apiInfo))
+	mux.HandleFunc("GET /v1/apps/{name}/secrets", auth(s.apiSecrets))
+	mux.HandleFunc("POST /v1/apps/{name}/secrets", auth(s.apiSecrets))
 	mux.HandleFunc("GET /v1/apps", auth(s.apiList))
 	mux.HandleFunc("GET /v1/apps/{name}", auth(s.apiGet))
 	mux.HandleFunc("PUT /v1/apps/{name}", auth(s.apiDeploy))
@@ -113,87 +118,161 @@ func (s *Server) apiError(w http.ResponseWriter, err error) {
 
 var errBadSetting = errors.New("bad setting")
 
-// settingsFromQuery reads deploy settings from query parameters.
-func settingsFromQuery(q map[string][]string) (store.Settings, error) {
-	var set store.Settings
-	get := func(k string) string {
-		if v := q[k]; len(v) > 0 {
-			return v[len(v)-1]
+// SecretHeader carries one secret of a deploy, NAME=VALUE with VALUE
+// query-escaped. A header rather than a query parameter: URLs end up in
+// proxy logs and shell history far more often than headers do.
+const SecretHeader = "Dust-Secret"
+
+// patchFromQuery reads what a deploy sets from its query parameters. A
+// parameter that is absent is not set, and is inherited from the current
+// version; one that is present with an empty or zero value asks for the
+// default.
+func patchFromQuery(q url.Values) (store.Patch, error) {
+	var p store.Patch
+	get := func(k string) (string, bool) {
+		if v, ok := q[k]; ok && len(v) > 0 {
+			return v[len(v)-1], true
 		}
-		return ""
+		return "", false
 	}
-	bad := func(k, v string, err error) error {
-		return fmt.Errorf("%w: %s=%q: %v", errBadSetting, k, v, err)
+	bad := func(k, v string, want string) error {
+		return fmt.Errorf("%w: %s=%q: want %s", errBadSetting, k, v, want)
 	}
-	set.Route = get("route")
-	if set.Route == "" {
-		set.Route = "/"
+	if v, ok := get("route"); ok {
+		p.Route = &v
 	}
-	set.Host = get("host")
-	set.Env = q["env"]
-	ints := []struct {
+	if v, ok := get("host"); ok {
+		p.Host = &v
+	}
+	for _, f := range []struct {
 		k string
-		p *int64
-	}{{"memory", &set.Memory}, {"max_body", &set.MaxBody}}
-	for _, f := range ints {
-		if v := get(f.k); v != "" {
-			n, err := strconv.ParseInt(v, 10, 64)
+		p **int64
+	}{{"memory", &p.Memory}, {"max_body", &p.MaxBody}} {
+		if v, ok := get(f.k); ok {
+			n, err := ParseSize(v)
 			if err != nil {
-				return set, bad(f.k, v, err)
+				return p, bad(f.k, v, "a size such as 16MiB, 512KiB or a number of bytes")
 			}
-			*f.p = n
+			*f.p = &n
 		}
 	}
-	smalls := []struct {
+	for _, f := range []struct {
 		k string
-		p *int
-	}{{"max_concurrency", &set.MaxConcurrency}, {"queue_len", &set.QueueLen}}
-	for _, f := range smalls {
-		if v := get(f.k); v != "" {
-			n, err := strconv.Atoi(v)
-			if err != nil {
-				return set, bad(f.k, v, err)
+		p **int
+	}{{"max_concurrency", &p.MaxConcurrency}, {"queue_len", &p.QueueLen}} {
+		if v, ok := get(f.k); ok {
+			n := 0
+			if v != "" {
+				var err error
+				if n, err = strconv.Atoi(v); err != nil {
+					return p, bad(f.k, v, "a whole number")
+				}
 			}
-			*f.p = n
+			*f.p = &n
 		}
 	}
-	durs := []struct {
+	for _, f := range []struct {
 		k string
-		p *time.Duration
-	}{{"timeout", &set.Timeout}, {"queue_wait", &set.QueueWait}}
-	for _, f := range durs {
-		if v := get(f.k); v != "" {
-			d, err := time.ParseDuration(v)
-			if err != nil {
-				return set, bad(f.k, v, err)
+		p **time.Duration
+	}{{"timeout", &p.Timeout}, {"queue_wait", &p.QueueWait}} {
+		if v, ok := get(f.k); ok {
+			var d time.Duration
+			if v != "" && v != "0" {
+				var err error
+				if d, err = time.ParseDuration(v); err != nil {
+					return p, bad(f.k, v, "a duration such as 2s or 500ms")
+				}
 			}
-			*f.p = d
+			*f.p = &d
 		}
 	}
-	if v := get("pass_authorization"); v != "" {
-		b, err := strconv.ParseBool(v)
+	if v, ok := get("pass_authorization"); ok {
+		b := false
+		if v != "" {
+			var err error
+			if b, err = strconv.ParseBool(v); err != nil {
+				return p, bad("pass_authorization", v, "true or false")
+			}
+		}
+		p.PassAuthorization = &b
+	}
+	if v, ok := get("isolation"); ok {
+		v = strings.ToLower(v)
+		if !machine.ValidIsolation(v) {
+			return p, bad("isolation", v, machine.IsolationRestore+" or "+machine.IsolationFresh)
+		}
+		p.Isolation = &v
+	}
+	p.SetEnv = q["env"]
+	p.UnsetEnv = q["unset_env"]
+	return p, nil
+}
+
+// secretsFromHeader reads a deploy's secrets (see SecretHeader).
+func secretsFromHeader(h http.Header) (store.SecretChange, error) {
+	var sc store.SecretChange
+	for _, kv := range h.Values(SecretHeader) {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return sc, fmt.Errorf("%w: %s header: want NAME=VALUE", errBadSetting, SecretHeader)
+		}
+		val, err := url.QueryUnescape(v)
 		if err != nil {
-			return set, bad("pass_authorization", v, err)
+			return sc, fmt.Errorf("%w: %s header for %s: the value is not query-escaped", errBadSetting, SecretHeader, k)
 		}
-		set.PassAuthorization = b
+		if sc.Set == nil {
+			sc.Set = map[string]string{}
+		}
+		sc.Set[k] = val
 	}
-	if v := get("isolation"); v != "" {
-		set.Isolation = strings.ToLower(v)
-		if !machine.ValidIsolation(set.Isolation) {
-			return set, bad("isolation", v, fmt.Errorf("want %s or %s", machine.IsolationRestore, machine.IsolationFresh))
-		}
+	return sc, nil
+}
+
+// settingsFromQuery reads a whole set of deploy settings, as a first
+// deploy of an app named name would get them from the query.
+func settingsFromQuery(name string, q url.Values) (store.Settings, error) {
+	p, err := patchFromQuery(q)
+	if err != nil {
+		return store.Settings{}, err
+	}
+	set, err := p.Apply(newAppSettings(name))
+	if err != nil {
+		return set, err
+	}
+	if set.Route == "" {
+		set.Route = newAppSettings(name).Route // route= asks for the default
 	}
 	set = set.Normalize()
 	return set, set.Validate()
 }
 
+// newAppSettings is what a first deploy starts from: the route is the
+// app's name, everything else the default.
+func newAppSettings(name string) store.Settings { return store.Settings{Route: "/" + name} }
+
+// DeployResult is the admin API's answer to a deploy or rollback.
+type DeployResult struct {
+	AppView
+	// Unchanged: the image and the settings were those of the current
+	// version, so no version was made.
+	Unchanged bool `json:"unchanged"`
+	// Previous is the version that was current before (0: none).
+	Previous int `json:"previous,omitempty"`
+}
+
 func (s *Server) apiDeploy(w http.ResponseWriter, r *http.Request) {
-	set, err := settingsFromQuery(r.URL.Query())
+	p, err := patchFromQuery(r.URL.Query())
 	if err != nil {
 		s.apiError(w, err)
 		return
 	}
-	app, err := s.Deploy(r.PathValue("name"), http.MaxBytesReader(w, r.Body, s.cfg.MaxImageSize), set)
+	sc, err := secretsFromHeader(r.Header)
+	if err != nil {
+		s.apiError(w, err)
+		return
+	}
+	name := r.PathValue("name")
+	res, err := s.DeployPatch(name, http.MaxBytesReader(w, r.Body, s.cfg.MaxImageSize), p, sc)
 	// Preparing may have taken longer than a response should.
 	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(adminWriteTimeout))
 	if err != nil {
@@ -203,7 +282,7 @@ func (s *Server) apiDeploy(w http.ResponseWriter, r *http.Request) {
 		s.apiError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, app)
+	writeJSON(w, http.StatusOK, res)
 }
 
 var errUploadTimeout = errors.New("upload timeout")
@@ -277,31 +356,83 @@ func (s *Server) collectGarbage() {
 const gcEvery = time.Hour
 
 // Deploy stores image, validates and prepares it, then switches app name to
-// it. Until the switch the previous version keeps serving; if any step
-// fails, nothing changes.
+// it with exactly the settings set. Until the switch the previous version
+// keeps serving; if any step fails, nothing changes.
 func (s *Server) Deploy(name string, image io.Reader, set store.Settings) (store.App, error) {
-	if err := store.ValidateName(name); err != nil {
-		return store.App{}, err
+	res, err := s.deploy(name, image, func(store.Settings) (store.Settings, error) { return set, nil }, store.SecretChange{})
+	return res.app, err
+}
+
+// DeployPatch is Deploy for the admin API: the settings p does not give
+// are those of the current version, and sc changes the app's secrets. An
+// image and settings identical to the current version's make no version.
+func (s *Server) DeployPatch(name string, image io.Reader, p store.Patch, sc store.SecretChange) (DeployResult, error) {
+	res, err := s.deploy(name, image, p.Apply, sc)
+	if err != nil {
+		return DeployResult{}, err
 	}
-	set = set.Normalize()
-	if err := set.Validate(); err != nil {
-		return store.App{}, err
+	return DeployResult{AppView: s.viewOf(res.app, false), Unchanged: res.unchanged, Previous: res.previous}, nil
+}
+
+type deployed struct {
+	app       store.App
+	unchanged bool
+	previous  int
+}
+
+func (s *Server) deploy(name string, image io.Reader, settings func(store.Settings) (store.Settings, error), sc store.SecretChange) (deployed, error) {
+	if err := store.ValidateName(name); err != nil {
+		return deployed{}, err
+	}
+	// Checked before the upload too, so that a bad setting is refused
+	// without waiting for the image; again under the lock, where it counts.
+	if _, _, err := s.effectiveSettings(name, settings); err != nil {
+		return deployed{}, err
 	}
 	// The upload is read and stored before the deploy lock is taken: a
 	// slow uploader must not hold up every other deploy, rollback and rm.
 	digest, unpin, err := s.upload(image)
 	if err != nil {
-		return store.App{}, err
+		return deployed{}, err
 	}
 	defer unpin()
 	s.deployMu.Lock()
 	defer s.deployMu.Unlock()
-	app, err := s.deployLocked(name, digest, set)
-	if err != nil {
-		unpin()
-		s.dropImages(digest)
+	set, cur, err := s.effectiveSettings(name, settings)
+	if err == nil {
+		var res deployed
+		res, err = s.deployLocked(name, digest, set, sc, cur)
+		if err == nil {
+			return res, nil
+		}
 	}
-	return app, err
+	unpin()
+	s.dropImages(digest)
+	return deployed{}, err
+}
+
+// effectiveSettings applies settings to app name's current settings (a
+// new app's defaults if there is none), and returns the current app too
+// (nil: none).
+func (s *Server) effectiveSettings(name string, settings func(store.Settings) (store.Settings, error)) (store.Settings, *store.App, error) {
+	base := newAppSettings(name)
+	var cur *store.App
+	a, err := s.store.Get(name)
+	switch {
+	case err == nil:
+		base, cur = a.Current.Settings, &a
+	case !errors.Is(err, store.ErrNotFound):
+		return store.Settings{}, nil, err
+	}
+	set, err := settings(base)
+	if err != nil {
+		return set, nil, err
+	}
+	if set.Route == "" {
+		set.Route = newAppSettings(name).Route // route= asks for the default
+	}
+	set = set.Normalize()
+	return set, cur, set.Validate()
 }
 
 // upload stores an image and pins it (see pin).
@@ -320,33 +451,117 @@ func (s *Server) upload(image io.Reader) (string, func(), error) {
 	return digest, unpin, nil
 }
 
-func (s *Server) deployLocked(name, digest string, set store.Settings) (store.App, error) {
+func (s *Server) deployLocked(name, digest string, set store.Settings, sc store.SecretChange, cur *store.App) (deployed, error) {
+	if cur != nil && cur.Current.Digest == digest && cur.Current.Settings.Equal(set) && s.isLive(name, cur.Current.Number) {
+		if !sc.Empty() {
+			if err := s.changeSecrets(name, sc); err != nil {
+				return deployed{}, err
+			}
+		}
+		return deployed{app: *cur, unchanged: true, previous: cur.Current.Number}, nil
+	}
 	b, err := s.store.ReadImage(digest, s.cfg.MaxImageSize)
 	if err != nil {
-		return store.App{}, err
+		return deployed{}, err
 	}
 	kind, err := s.cfg.Detect(b)
 	if err != nil {
-		return store.App{}, err
+		return deployed{}, err
 	}
 	// Refuse a route another app holds before the (slow) prepare.
 	if err := s.routeFree(name, set); err != nil {
-		return store.App{}, err
+		return deployed{}, err
 	}
 	la, err := s.prepare(store.App{Name: name, Current: store.Version{Kind: kind, Digest: digest, Settings: set}})
 	if err != nil {
-		return store.App{}, err
+		return deployed{}, err
 	}
-	app, err := s.store.Deploy(name, kind, digest, set)
+	app, err := s.store.DeployWithSecrets(name, kind, digest, set, sc)
+	if err == nil {
+		// The deploy's own secrets were committed with it, after prepare.
+		err = s.loadSecrets(la)
+	}
 	if err != nil {
 		la.pool.Close()
 		la.img.Close()
-		return store.App{}, err
+		return deployed{}, err
 	}
 	la.version = app.Current.Number
 	s.swap(name, la)
 	s.log.Info("deployed", "app", name, "version", la.version, "kind", kind, "digest", digest, "route", set.Route, "host", set.Host)
-	return app, nil
+	res := deployed{app: app}
+	if cur != nil {
+		res.previous = cur.Current.Number
+	}
+	return res, nil
+}
+
+// isLive reports whether version of app name is the one serving: only
+// then is an identical redeploy a no-op (an app that failed to load at
+// start-up deserves the new attempt).
+func (s *Server) isLive(name string, version int) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	a := s.apps[name]
+	return a != nil && a.version == version
+}
+
+// changeSecrets changes app name's secrets in the store and on its live
+// version: the next request sees them, no redeploy needed.
+func (s *Server) changeSecrets(name string, sc store.SecretChange) error {
+	if _, err := s.store.ChangeSecrets(name, sc); err != nil {
+		return err
+	}
+	s.mu.RLock()
+	a := s.apps[name]
+	s.mu.RUnlock()
+	if a != nil {
+		return s.loadSecrets(a)
+	}
+	return nil
+}
+
+// apiSecrets lists (GET) or changes (POST, a JSON body
+// {"set": {"NAME": "VALUE"}, "unset": ["NAME"]}) an app's secrets. Only
+// names ever come back.
+func (s *Server) apiSecrets(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if r.Method == http.MethodPost {
+		var sc store.SecretChange
+		dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&struct {
+			Set   *map[string]string `json:"set"`
+			Unset *[]string          `json:"unset"`
+		}{&sc.Set, &sc.Unset}); err != nil {
+			s.apiError(w, fmt.Errorf("%w: body: want {\"set\": {\"NAME\": \"VALUE\"}, \"unset\": [\"NAME\"]}", errBadSetting))
+			return
+		}
+		s.deployMu.Lock()
+		err := s.changeSecrets(name, sc)
+		s.deployMu.Unlock()
+		if err != nil {
+			s.apiError(w, err)
+			return
+		}
+		s.log.Info("secrets changed", "app", name, "set", len(sc.Set), "removed", len(sc.Unset))
+	}
+	names, err := s.store.SecretNames(name)
+	if err == nil {
+		_, err = s.store.Get(name)
+	}
+	if err != nil {
+		s.apiError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"app": name, "secrets": nonNil(names)})
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
 }
 
 func (s *Server) routeFree(name string, set store.Settings) error {
@@ -368,32 +583,53 @@ func cleanRoute(r string) string {
 }
 
 func (s *Server) apiRollback(w http.ResponseWriter, r *http.Request) {
-	app, err := s.Rollback(r.PathValue("name"))
+	to := 0
+	if v := r.URL.Query().Get("to"); v != "" {
+		n, err := strconv.Atoi(strings.TrimPrefix(v, "v"))
+		if err != nil || n < 1 {
+			s.apiError(w, fmt.Errorf("%w: to=%q: want a version number such as 3", errBadSetting, v))
+			return
+		}
+		to = n
+	}
+	name := r.PathValue("name")
+	prev := 0
+	if a, err := s.store.Get(name); err == nil {
+		prev = a.Current.Number
+	}
+	app, err := s.RollbackTo(name, to)
 	if err != nil {
 		s.apiError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, app)
+	writeJSON(w, http.StatusOK, DeployResult{AppView: s.viewOf(app, false), Previous: prev})
 }
 
 // Rollback makes the version before the current one current again. The
 // previous version is prepared before the switch.
-func (s *Server) Rollback(name string) (store.App, error) {
+func (s *Server) Rollback(name string) (store.App, error) { return s.RollbackTo(name, 0) }
+
+// RollbackTo makes version n current again, image and settings (n == 0:
+// the version before the current one). It is prepared before the switch.
+func (s *Server) RollbackTo(name string, n int) (store.App, error) {
 	s.deployMu.Lock()
 	defer s.deployMu.Unlock()
 	cur, err := s.store.Get(name)
 	if err != nil {
 		return store.App{}, err
 	}
-	prev, err := cur.RollbackTarget()
+	prev, err := cur.RollbackTargetTo(n)
 	if err != nil {
+		return store.App{}, err
+	}
+	if err := s.routeFree(name, prev.Settings); err != nil {
 		return store.App{}, err
 	}
 	la, err := s.prepare(store.App{Name: name, Current: prev})
 	if err != nil {
 		return store.App{}, err
 	}
-	app, err := s.store.Rollback(name)
+	app, err := s.store.RollbackTo(name, n)
 	if err != nil {
 		la.pool.Close()
 		la.img.Close()
@@ -402,7 +638,7 @@ func (s *Server) Rollback(name string) (store.App, error) {
 	la.version = app.Current.Number
 	la.set = appDefaults(app.Current.Settings)
 	s.swap(name, la)
-	s.log.Info("rolled back", "app", name, "version", la.version)
+	s.log.Info("rolled back", "app", name, "version", la.version, "from", cur.Current.Number)
 	return app, nil
 }
 
@@ -415,6 +651,7 @@ func (s *Server) apiDelete(w http.ResponseWriter, r *http.Request) {
 	}
 	if err == nil {
 		s.swap(name, nil)
+		s.logs.remove(name)
 		var digests []string
 		for _, v := range old.History {
 			digests = append(digests, v.Digest)
@@ -437,36 +674,201 @@ type AppStatus struct {
 	Digest  string `json:"digest"`
 	Route   string `json:"route"`
 	Host    string `json:"host,omitempty"`
+	URL     string `json:"url,omitempty"`
 	Live    int    `json:"live_machines"`
 	Queued  int64  `json:"queued"`
 	// Isolation is the mode the app asked for (the default resolved);
 	// EffectiveIsolation the one its machines get, "fresh" for a kind
 	// that cannot restore (wasm).
-	Isolation          string         `json:"isolation"`
-	EffectiveIsolation string         `json:"effective_isolation"`
-	Pool               machinePool    `json:"pool"`
-	Histogram          []int64        `json:"latency_histogram"`
-	Settings           store.Settings `json:"settings"`
+	Isolation          string      `json:"isolation"`
+	EffectiveIsolation string      `json:"effective_isolation"`
+	Pool               machinePool `json:"pool"`
+	Histogram          []int64     `json:"latency_histogram"`
+	Requests           int64       `json:"requests"`
+	// P50 is the histogram bucket holding the median latency of this
+	// version's requests, e.g. "<1ms" ("" before the first request).
+	P50 string `json:"p50,omitempty"`
+	// Limits are the limits the version runs with, defaults resolved.
+	Limits LimitsView `json:"limits"`
+	// Secrets are the names of the app's secrets; values are never shown.
+	Secrets []string `json:"secrets"`
 }
 
 type machinePool struct {
-	Ready, Target        int
-	Hits, Misses, Errors int64
+	Ready  int   `json:"ready"`
+	Target int   `json:"target"`
+	Hits   int64 `json:"hits"`
+	Misses int64 `json:"misses"`
+	Errors int64 `json:"errors"`
 	// Restored counts machines reset and reused after a request;
 	// RestoreErrors those whose reset failed and were destroyed.
-	Restored, RestoreErrors int64
+	Restored      int64 `json:"restored"`
+	RestoreErrors int64 `json:"restore_errors"`
+}
+
+// LimitsView is a live version's limits with the defaults resolved, in the
+// forms a user types (16MiB, 2s).
+type LimitsView struct {
+	Memory         string `json:"memory"`
+	Timeout        string `json:"timeout"`
+	MaxConcurrency int    `json:"max_concurrency"`
+	QueueLen       int    `json:"queue_len"`
+	QueueWait      string `json:"queue_wait"`
+	MaxBody        string `json:"max_body"`
+}
+
+// SettingsView is a version's settings as they were given: a field left
+// out is the default. Env values are shown (they are configuration);
+// secrets are not settings and never appear here.
+type SettingsView struct {
+	Route             string   `json:"route"`
+	Host              string   `json:"host,omitempty"`
+	Memory            string   `json:"memory,omitempty"`
+	Timeout           string   `json:"timeout,omitempty"`
+	MaxConcurrency    int      `json:"max_concurrency,omitempty"`
+	QueueLen          int      `json:"queue_len,omitempty"`
+	QueueWait         string   `json:"queue_wait,omitempty"`
+	MaxBody           string   `json:"max_body,omitempty"`
+	PassAuthorization bool     `json:"pass_authorization,omitempty"`
+	Env               []string `json:"env,omitempty"`
+	Isolation         string   `json:"isolation,omitempty"`
+}
+
+// VersionView is one kept version of an app.
+type VersionView struct {
+	Version   int          `json:"version"`
+	Kind      string       `json:"kind"`
+	Digest    string       `json:"digest"`
+	Size      string       `json:"size"`
+	CreatedAt time.Time    `json:"created_at"`
+	Settings  SettingsView `json:"settings"`
+	Current   bool         `json:"current,omitempty"`
+}
+
+// AppView is an app as the admin API shows it: GET /v1/apps lists them,
+// GET /v1/apps/NAME adds the versions and recent failures.
+type AppView struct {
+	Name     string        `json:"name"`
+	Version  int           `json:"version"`
+	Kind     string        `json:"kind"`
+	Digest   string        `json:"digest"`
+	Size     string        `json:"size"`
+	URL      string        `json:"url"`
+	Settings SettingsView  `json:"settings"`
+	Secrets  []string      `json:"secrets"`
+	Versions []VersionView `json:"versions,omitempty"`
+	// Status is absent when the app is not live (it failed to load).
+	Status   *AppStatus    `json:"status,omitempty"`
+	Failures []recentError `json:"recent_failures,omitempty"`
+}
+
+func settingsView(set store.Settings) SettingsView {
+	v := SettingsView{Route: set.Route, Host: set.Host, MaxConcurrency: set.MaxConcurrency, QueueLen: set.QueueLen,
+		PassAuthorization: set.PassAuthorization, Env: set.Env, Isolation: set.Isolation}
+	if set.Memory > 0 {
+		v.Memory = FormatSize(set.Memory)
+	}
+	if set.MaxBody > 0 {
+		v.MaxBody = FormatSize(set.MaxBody)
+	}
+	if set.Timeout > 0 {
+		v.Timeout = set.Timeout.String()
+	}
+	if set.QueueWait > 0 {
+		v.QueueWait = set.QueueWait.String()
+	}
+	return v
+}
+
+// appURL is where an app with settings set answers.
+func (s *Server) appURL(set store.Settings) string {
+	base := s.cfg.PublicURL
+	if base == "" {
+		return ""
+	}
+	if set.Host != "" {
+		if u, err := url.Parse(base); err == nil {
+			if port := u.Port(); port != "" {
+				u.Host = net.JoinHostPort(set.Host, port)
+			} else {
+				u.Host = set.Host
+			}
+			base = u.String()
+		}
+	}
+	if set.Route == "/" {
+		return base + "/"
+	}
+	return base + set.Route
+}
+
+// viewOf is app as the API shows it; full adds versions and failures.
+func (s *Server) viewOf(app store.App, full bool) AppView {
+	v := app.Current
+	names, err := s.store.SecretNames(app.Name)
+	if err != nil {
+		s.log.Warn("reading secret names", "app", app.Name, "err", err)
+	}
+	out := AppView{Name: app.Name, Version: v.Number, Kind: v.Kind, Digest: v.Digest, Size: FormatSize(v.Size),
+		URL: s.appURL(v.Settings), Settings: settingsView(v.Settings), Secrets: nonNil(names)}
+	s.mu.RLock()
+	if a := s.apps[app.Name]; a != nil {
+		st := s.statusOf(a)
+		out.Status = &st
+	}
+	s.mu.RUnlock()
+	if full {
+		for i := len(app.History) - 1; i >= 0; i-- {
+			h := app.History[i]
+			out.Versions = append(out.Versions, VersionView{Version: h.Number, Kind: h.Kind, Digest: h.Digest,
+				Size: FormatSize(h.Size), CreatedAt: h.CreatedAt, Settings: settingsView(h.Settings), Current: h.Number == v.Number})
+		}
+		s.errMu.Lock()
+		for _, e := range s.errors {
+			if e.App == app.Name {
+				out.Failures = append(out.Failures, e)
+			}
+		}
+		s.errMu.Unlock()
+	}
+	return out
 }
 
 func (s *Server) statusOf(a *liveApp) AppStatus {
 	st := a.pool.Stats()
-	return AppStatus{
+	lim := a.img.Limits()
+	hist := a.hist.snapshot()
+	out := AppStatus{
 		Name: a.name, Kind: a.kind, Version: a.version, Digest: a.digest, Route: a.set.Route, Host: a.set.Host,
+		URL:  s.appURL(a.set),
 		Live: a.gate.live(), Queued: a.gate.waiting.Load(),
 		Isolation: a.set.IsolationMode(), EffectiveIsolation: a.isolation(),
 		Pool: machinePool{Ready: st.Ready, Target: st.Target, Hits: st.Hits, Misses: st.Misses, Errors: st.CreateErrors,
 			Restored: st.Restored, RestoreErrors: st.RestoreErrors},
-		Histogram: a.hist.snapshot(), Settings: a.set,
+		Histogram: hist,
+		Limits: LimitsView{Memory: FormatSize(lim.Memory), Timeout: lim.Timeout.String(), MaxConcurrency: a.set.MaxConcurrency,
+			QueueLen: a.set.QueueLen, QueueWait: a.set.QueueWait.String(), MaxBody: FormatSize(a.set.MaxBody)},
+		Secrets: []string{},
 	}
+	if se := a.secrets.Load(); se != nil {
+		out.Secrets = nonNil(se.names)
+	}
+	for _, n := range hist {
+		out.Requests += n
+	}
+	var seen int64
+	for i, n := range hist {
+		seen += n
+		if out.Requests > 0 && seen*2 >= out.Requests {
+			if i < len(histBounds) {
+				out.P50 = "<" + histBounds[i].String()
+			} else {
+				out.P50 = ">=" + histBounds[len(histBounds)-1].String()
+			}
+			break
+		}
+	}
+	return out
 }
 
 func (s *Server) apiStatus(w http.ResponseWriter, r *http.Request) {
@@ -484,7 +886,23 @@ func (s *Server) apiStatus(w http.ResponseWriter, r *http.Request) {
 		bounds[i] = "<" + b.String()
 	}
 	bounds[len(histBounds)] = ">=" + histBounds[len(histBounds)-1].String()
-	writeJSON(w, http.StatusOK, map[string]any{"apps": apps, "errors": errs, "buckets": bounds, "live": s.liveMachines()})
+	writeJSON(w, http.StatusOK, map[string]any{"apps": apps, "errors": errs, "buckets": bounds, "live": s.liveMachines(),
+		"url": s.cfg.PublicURL, "app_addr": s.cfg.AppAddr})
+}
+
+// Info is what GET /v1/info reports: where apps answer, and the build.
+type Info struct {
+	Version   string `json:"version"`
+	AppAddr   string `json:"app_addr"`
+	URL       string `json:"url"`
+	LogCap    string `json:"log_cap"`
+	DataDir   string `json:"data_dir"`
+	StartedAt string `json:"started_at,omitempty"`
+}
+
+func (s *Server) apiInfo(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, Info{Version: s.cfg.Version, AppAddr: s.cfg.AppAddr, URL: s.cfg.PublicURL,
+		LogCap: FormatSize(s.cfg.LogCap), DataDir: s.cfg.DataDir})
 }
 
 func (s *Server) apiList(w http.ResponseWriter, r *http.Request) {
@@ -493,23 +911,35 @@ func (s *Server) apiList(w http.ResponseWriter, r *http.Request) {
 		s.apiError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, apps)
+	out := make([]AppView, 0, len(apps))
+	for _, a := range apps {
+		out = append(out, s.viewOf(a, false))
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) apiGet(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
-	app, err := s.store.Get(name)
+	app, err := s.store.Get(r.PathValue("name"))
 	if err != nil {
 		s.apiError(w, err)
 		return
 	}
-	out := map[string]any{"app": app}
-	s.mu.RLock()
-	if a := s.apps[name]; a != nil {
-		out["status"] = s.statusOf(a)
+	writeJSON(w, http.StatusOK, s.viewOf(app, true))
+}
+
+// parseSince reads the logs since= parameter: a duration back from now
+// (10m) or a time (RFC 3339).
+func parseSince(v string, now time.Time) (time.Time, error) {
+	if v == "" {
+		return time.Time{}, nil
 	}
-	s.mu.RUnlock()
-	writeJSON(w, http.StatusOK, out)
+	if d, err := time.ParseDuration(v); err == nil && d >= 0 {
+		return now.Add(-d), nil
+	}
+	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+		return t, nil
+	}
+	return time.Time{}, fmt.Errorf("%w: since=%q: want a duration such as 10m or a time such as 2024-05-01T12:00:00Z", errBadSetting, v)
 }
 
 func (s *Server) apiLogs(w http.ResponseWriter, r *http.Request) {
@@ -518,21 +948,45 @@ func (s *Server) apiLogs(w http.ResponseWriter, r *http.Request) {
 		s.apiError(w, err)
 		return
 	}
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	var buf bytes.Buffer
-	line := func(l LogLine) {
-		buf.Reset()
-		fmt.Fprintf(&buf, "%s %s %s\n", l.Time.Format(time.RFC3339Nano), l.RequestID, l.Line)
-		w.Write(buf.Bytes())
+	q := r.URL.Query()
+	since, err := parseSince(q.Get("since"), time.Now())
+	if err != nil {
+		s.apiError(w, err)
+		return
 	}
+	asJSON := q.Get("format") == "json"
 	var ch <-chan LogLine
-	if r.URL.Query().Get("follow") != "" {
+	if q.Get("follow") != "" {
+		// Subscribed before the past is read: a line written in between
+		// may then come twice, never not at all.
 		c, stop := s.logs.follow(name)
 		defer stop()
 		ch = c
 	}
-	for _, l := range s.logs.recent(name) {
+	past, err := s.logs.recent(name, since)
+	if err != nil {
+		s.apiError(w, err)
+		return
+	}
+	if asJSON {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+	} else {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	}
+	var buf bytes.Buffer
+	line := func(l LogLine) {
+		buf.Reset()
+		if asJSON {
+			json.NewEncoder(&buf).Encode(l)
+		} else {
+			fmt.Fprintf(&buf, "%s %s %s\n", l.Time.Format(time.RFC3339Nano), l.RequestID, l.Line)
+		}
+		w.Write(buf.Bytes())
+	}
+	var last time.Time
+	for _, l := range past {
 		line(l)
+		last = l.Time
 	}
 	if ch == nil {
 		return
@@ -542,6 +996,9 @@ func (s *Server) apiLogs(w http.ResponseWriter, r *http.Request) {
 	for {
 		select {
 		case l := <-ch:
+			if !l.Time.After(last) && !last.IsZero() {
+				continue // already sent with the past
+			}
 			// A follower may wait for hours; each line gets its own
 			// write deadline.
 			rc.SetWriteDeadline(time.Now().Add(adminWriteTimeout))

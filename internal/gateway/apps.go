@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +39,10 @@ type liveApp struct {
 
 	hist *histogram // request latency for the status page
 
+	// secrets are per app, not per version (see store.SecretChange), so
+	// they change under a running version: swapped whole, read per request.
+	secrets atomic.Pointer[secretEnv]
+
 	// The pool's restore counts already added to the Prometheus counters:
 	// those outlive a version's pool, so they grow by differences.
 	countedMu                    sync.Mutex
@@ -53,6 +59,47 @@ func effectiveIsolation(kind, mode string) string {
 		return machine.IsolationFresh
 	}
 	return mode
+}
+
+// secretEnv is an app's secrets as its machines get them, and the
+// replacer that hides their values in its log.
+type secretEnv struct {
+	env    []string // NAME=VALUE, sorted by name
+	names  []string
+	redact *strings.Replacer
+}
+
+func newSecretEnv(m map[string]string) *secretEnv {
+	se := &secretEnv{redact: redactor(m)}
+	for k := range m {
+		se.names = append(se.names, k)
+	}
+	slices.Sort(se.names)
+	for _, k := range se.names {
+		se.env = append(se.env, k+"="+m[k])
+	}
+	return se
+}
+
+// env is what a request's machine gets as the app's environment. Secrets
+// come last so that, should a rolled-back version's env name a secret
+// too, the secret wins.
+func (a *liveApp) env() []string {
+	se := a.secrets.Load()
+	if se == nil || len(se.env) == 0 {
+		return a.set.Env
+	}
+	return append(slices.Clip(a.set.Env), se.env...)
+}
+
+// loadSecrets refreshes la's secrets from the store.
+func (s *Server) loadSecrets(la *liveApp) error {
+	m, err := s.store.Secrets(la.name)
+	if err != nil {
+		return err
+	}
+	la.secrets.Store(newSecretEnv(m))
+	return nil
 }
 
 // errPrepare wraps failures to turn a stored version into a live app.
@@ -107,6 +154,11 @@ func (s *Server) prepare(a store.App) (*liveApp, error) {
 		closed: make(chan struct{}),
 		peak:   make([]int64, 50), // 50 windows of 100 ms: the last 5 seconds
 		hist:   newHistogram(),
+	}
+	if err := s.loadSecrets(la); err != nil {
+		la.pool.Close()
+		pi.Close()
+		return nil, fmt.Errorf("%w %s: %w", errPrepare, a.Name, err)
 	}
 	return la, nil
 }

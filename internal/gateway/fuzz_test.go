@@ -25,7 +25,7 @@ func FuzzSettingsFromQuery(f *testing.F) {
 		if err != nil {
 			return
 		}
-		set, err := settingsFromQuery(q)
+		set, err := settingsFromQuery("app", q)
 		if err != nil {
 			return
 		}

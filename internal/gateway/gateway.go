@@ -62,6 +62,16 @@ type Config struct {
 	MaxPerClient int
 	// IdleTimeout closes keep-alive connections idle this long (default 30s).
 	IdleTimeout time.Duration
+	// AppAddr is the address the app listener is bound to, and PublicURL
+	// the base URL apps are reached at (default http://AppAddr): the admin
+	// API reports both so that a deploy can say where its app answers.
+	AppAddr   string
+	PublicURL string
+	// Version is the build's version, reported by /v1/info.
+	Version string
+	// LogCap is the disk one app's log may take (default DefaultLogCap);
+	// beyond it the oldest half is dropped.
+	LogCap int64
 }
 
 // App defaults, used when a deploy does not set them.
@@ -118,6 +128,21 @@ func (c *Config) defaults() {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
+	if c.LogCap <= 0 {
+		c.LogCap = DefaultLogCap
+	}
+	if c.PublicURL == "" && c.AppAddr != "" {
+		host, port, err := net.SplitHostPort(c.AppAddr)
+		if err == nil {
+			// A wildcard bind is reachable on loopback; "0.0.0.0" in a URL
+			// is not something to paste into a browser.
+			if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+				host = "127.0.0.1"
+			}
+			c.PublicURL = "http://" + net.JoinHostPort(host, port)
+		}
+	}
+	c.PublicURL = strings.TrimSuffix(c.PublicURL, "/")
 }
 
 // Server is a running gateway.
@@ -169,12 +194,17 @@ func New(cfg Config) (*Server, error) {
 		st.Close()
 		return nil, err
 	}
+	logs, err := newLogHub(filepath.Join(cfg.DataDir, "logs"), cfg.LogCap, cfg.Logger)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("gateway: app logs: %w", err)
+	}
 	s := &Server{
 		cfg: cfg, log: cfg.Logger, store: st, token: tok,
 		global:   newFairGate(cfg.MaxLive, cfg.GlobalQueue, cfg.FairReserve, cfg.FairGuarantee),
 		clients:  newClientLimiter(cfg.MaxPerClient),
 		met:      newMetrics(),
-		logs:     newLogHub(),
+		logs:     logs,
 		apps:     map[string]*liveApp{},
 		pins:     map[string]int{},
 		stopPool: make(chan struct{}),
@@ -355,6 +385,7 @@ func (s *Server) Close() error {
 	for _, a := range apps {
 		a.wait()
 	}
+	s.logs.close()
 	return s.store.Close()
 }
 

@@ -225,6 +225,7 @@ func (s *Server) preread(w http.ResponseWriter, rc *http.ResponseController, r *
 func (s *Server) serveOn(a *liveApp, w http.ResponseWriter, rc *http.ResponseController, r *http.Request, id string, start time.Time) (int, string) {
 	if r.ContentLength > a.set.MaxBody {
 		s.fail(w, a.name, id, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body exceeds %d bytes", a.set.MaxBody))
+		s.logFailure(a, id, http.StatusRequestEntityTooLarge, "body too large", 0, fmt.Errorf("Content-Length %d, max_body is %s", r.ContentLength, FormatSize(a.set.MaxBody)))
 		return http.StatusRequestEntityTooLarge, "body too large"
 	}
 	// The app's deadline covers the whole request: reading the body,
@@ -258,6 +259,7 @@ func (s *Server) serveOn(a *liveApp, w http.ResponseWriter, rc *http.ResponseCon
 	if err != nil {
 		s.fail(w, a.name, id, http.StatusServiceUnavailable, "no machine could be created", "Retry-After", "1")
 		s.log.Error("machine creation failed", "request_id", id, "app", a.name, "err", err)
+		s.logFailure(a, id, http.StatusServiceUnavailable, "create failed", 0, err)
 		return http.StatusServiceUnavailable, "create failed"
 	}
 	if hit {
@@ -284,13 +286,16 @@ func (s *Server) serveOn(a *liveApp, w http.ResponseWriter, rc *http.ResponseCon
 	defer release()
 
 	creq := cgi.FromHTTP(r, a.set.Route) // "/" becomes an empty SCRIPT_NAME
-	creq.AppEnv = a.set.Env
+	creq.AppEnv = a.env()
 	creq.PassAuthorization = a.set.PassAuthorization
 	req := &machine.Request{Args: creq.Args(), Env: creq.Env(), Body: in, BodyLen: r.ContentLength}
 
 	hold := &holdWriter{w: w, rc: rc, head: r.Method == http.MethodHead, wait: s.cfg.HoldTime}
 	parser := cgi.NewParser(0, hold.start)
 	logw := s.logs.writer(a.name, id)
+	if se := a.secrets.Load(); se != nil {
+		logw.redact = se.redact
+	}
 	res = m.Run(r.Context(), req, parser, logw)
 	ran = true
 	// The machine is done: it goes back now, not after the gateway's own
@@ -315,6 +320,7 @@ func (s *Server) serveOn(a *liveApp, w http.ResponseWriter, rc *http.ResponseCon
 			// The response has started: the only honest signal left is to
 			// cut the connection, so the client sees no final chunk.
 			s.log.Warn("response cut", "request_id", id, "app", a.name, "outcome", res.Outcome.String(), "exit_status", res.ExitStatus, "err", res.Err())
+			s.logFailure(a, id, hold.status(), res.Outcome.String()+" after the response began (connection cut)", res.ExitStatus, res.Err())
 			panic(http.ErrAbortHandler)
 		}
 		return hold.status(), res.Outcome.String()
@@ -331,8 +337,27 @@ func (s *Server) serveOn(a *liveApp, w http.ResponseWriter, rc *http.ResponseCon
 		detail = perr
 	}
 	s.log.Warn("app failed", "request_id", id, "app", a.name, "status", code, "outcome", res.Outcome.String(), "exit_status", res.ExitStatus, "err", detail)
+	if code != 499 {
+		s.logFailure(a, id, code, res.Outcome.String(), res.ExitStatus, detail)
+	}
 	s.fail(w, a.name, id, code, reason)
 	return code, res.Outcome.String()
+}
+
+// logFailure puts why a request failed into the app's own log, where
+// `dust logs` finds it: the server's stderr is out of most users' reach.
+func (s *Server) logFailure(a *liveApp, id string, status int, outcome string, exitStatus int, detail error) {
+	line := fmt.Sprintf("request failed: status %d, outcome %s", status, outcome)
+	if exitStatus != 0 {
+		line += fmt.Sprintf(", exit status %d", exitStatus)
+	}
+	if detail != nil {
+		line += ": " + detail.Error()
+	}
+	if se := a.secrets.Load(); se != nil && se.redact != nil {
+		line = se.redact.Replace(line)
+	}
+	s.logs.add(a.name, id, sourceDust, "dust: "+line)
 }
 
 // bodyFailed answers a request whose body could not be read: too large
@@ -343,6 +368,7 @@ func (s *Server) bodyFailed(w http.ResponseWriter, rc *http.ResponseController, 
 	switch {
 	case errors.As(err, &tooLarge):
 		s.fail(w, a.name, id, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body exceeds %d bytes", a.set.MaxBody))
+		s.logFailure(a, id, http.StatusRequestEntityTooLarge, "body too large", 0, fmt.Errorf("max_body is %s", FormatSize(a.set.MaxBody)))
 		return http.StatusRequestEntityTooLarge, "body too large"
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		// The connection's read side is spent: it cannot carry another
@@ -350,6 +376,7 @@ func (s *Server) bodyFailed(w http.ResponseWriter, rc *http.ResponseController, 
 		w.Header().Set("Connection", "close")
 		s.log.Warn("request body timeout", "request_id", id, "app", a.name, "timeout", timeout)
 		s.fail(w, a.name, id, http.StatusRequestTimeout, fmt.Sprintf("the request body did not arrive within the app's %v deadline", timeout))
+		s.logFailure(a, id, http.StatusRequestTimeout, "body timeout", 0, fmt.Errorf("the body did not arrive within the app's %v deadline", timeout))
 		return http.StatusRequestTimeout, "body timeout"
 	}
 	s.fail(w, a.name, id, 499, "client closed request")
@@ -359,6 +386,7 @@ func (s *Server) bodyFailed(w http.ResponseWriter, rc *http.ResponseController, 
 func (s *Server) busy(w http.ResponseWriter, a *liveApp, id string, err error) (int, string) {
 	if errors.Is(err, errQueueFull) || errors.Is(err, errQueueTimeout) {
 		s.fail(w, a.name, id, http.StatusServiceUnavailable, "the app is at capacity ("+err.Error()+")", "Retry-After", "1")
+		s.logFailure(a, id, http.StatusServiceUnavailable, "at capacity", 0, err)
 		return http.StatusServiceUnavailable, err.Error()
 	}
 	return 499, "client gone while queued"
@@ -506,11 +534,12 @@ func (c *countingReader) Read(b []byte) (int, error) {
 // lineWriter turns a machine's stderr into log lines tagged with the app
 // and request id.
 type lineWriter struct {
-	hub  *logHub
-	app  string
-	id   string
-	buf  bytes.Buffer
-	full bool
+	hub    *logHub
+	app    string
+	id     string
+	buf    bytes.Buffer
+	full   bool
+	redact *strings.Replacer // hides secret values; nil: none
 }
 
 func (l *lineWriter) Write(b []byte) (int, error) {
@@ -531,7 +560,11 @@ func (l *lineWriter) Write(b []byte) (int, error) {
 }
 
 func (l *lineWriter) emit() {
-	l.hub.add(l.app, l.id, l.buf.String())
+	line := l.buf.String()
+	if l.redact != nil {
+		line = l.redact.Replace(line)
+	}
+	l.hub.add(l.app, l.id, sourceApp, line)
 	l.buf.Reset()
 }
 

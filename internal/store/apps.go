@@ -94,7 +94,22 @@ func (r appRecord) currentIndex() int {
 // RollbackTarget is the version Rollback would make current: the one
 // before Current in History. A gateway prepares it before calling Rollback,
 // so both must agree on which one it is.
-func (a App) RollbackTarget() (Version, error) {
+func (a App) RollbackTarget() (Version, error) { return a.RollbackTargetTo(0) }
+
+// RollbackTargetTo is the version RollbackTo(n) would make current: version
+// n, or with n == 0 the one before Current.
+func (a App) RollbackTargetTo(n int) (Version, error) {
+	if n != 0 {
+		if n == a.Current.Number {
+			return Version{}, invalid("rollback", "app %s: v%d is already current", a.Name, n)
+		}
+		for _, v := range a.History {
+			if v.Number == n {
+				return v, nil
+			}
+		}
+		return Version{}, invalid("rollback", "app %s: v%d is not kept (kept: %s)", a.Name, n, a.keptList())
+	}
 	for i, v := range a.History {
 		if v.Number == a.Current.Number {
 			if i == 0 {
@@ -104,6 +119,18 @@ func (a App) RollbackTarget() (Version, error) {
 		}
 	}
 	return Version{}, invalid("rollback", "app %s: no version before %d is kept", a.Name, a.Current.Number)
+}
+
+func (a App) keptList() string {
+	var b []byte
+	for i, v := range a.History {
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		b = append(b, 'v')
+		b = strconv.AppendInt(b, int64(v.Number), 10)
+	}
+	return string(b)
 }
 
 func (r appRecord) app() App {
@@ -158,6 +185,15 @@ func checkRoute(tx *bolt.Tx, name string, set settingsRecord) error {
 // stored image digest with settings set, and makes it current, all in one
 // transaction. set is normalized (see Settings.Normalize) and validated.
 func (s *Store) Deploy(name, kind, digest string, set Settings) (App, error) {
+	return s.DeployWithSecrets(name, kind, digest, set, SecretChange{})
+}
+
+// DeployWithSecrets is Deploy that also applies sc to the app's secrets in
+// the same transaction: a new app's first request already sees them.
+func (s *Store) DeployWithSecrets(name, kind, digest string, set Settings, sc SecretChange) (App, error) {
+	if err := sc.validate(); err != nil {
+		return App{}, err
+	}
 	if err := ValidateName(name); err != nil {
 		return App{}, err
 	}
@@ -207,6 +243,9 @@ func (s *Store) Deploy(name, kind, digest string, set Settings) (App, error) {
 		}
 		rec.Current = v.Number
 		app = rec.app()
+		if err := changeSecrets(tx, name, sc, set.Env); err != nil {
+			return err
+		}
 		return putApp(tx, rec)
 	})
 	if err != nil {
@@ -218,7 +257,11 @@ func (s *Store) Deploy(name, kind, digest string, set Settings) (App, error) {
 // Rollback makes current the version before the current one in the
 // history (see App.RollbackTarget). The version rolled back from stays in
 // the history, and a later Deploy still numbers after it.
-func (s *Store) Rollback(name string) (App, error) {
+func (s *Store) Rollback(name string) (App, error) { return s.RollbackTo(name, 0) }
+
+// RollbackTo makes version n current (n == 0: the one before the current
+// one), settings and all, as App.RollbackTargetTo picks it.
+func (s *Store) RollbackTo(name string, n int) (App, error) {
 	s.refMu.Lock()
 	defer s.refMu.Unlock()
 	var app App
@@ -227,7 +270,7 @@ func (s *Store) Rollback(name string) (App, error) {
 		if err != nil {
 			return err
 		}
-		target, err := rec.app().RollbackTarget()
+		target, err := rec.app().RollbackTargetTo(n)
 		if err != nil {
 			return err
 		}
@@ -258,6 +301,9 @@ func (s *Store) Delete(name string) error {
 		b := tx.Bucket(bucketApps)
 		if b.Get([]byte(name)) == nil {
 			return fmt.Errorf("app %q: %w", name, ErrNotFound)
+		}
+		if err := tx.Bucket(bucketSecrets).Delete([]byte(name)); err != nil {
+			return err
 		}
 		return b.Delete([]byte(name))
 	})

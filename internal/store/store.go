@@ -5,7 +5,8 @@
 //
 // Layout of the data directory:
 //
-//	dir/dust.db               bbolt database: apps, version counters, schema
+//	dir/dust.db               bbolt database (mode 0600): apps, version counters,
+//	                          secrets, schema
 //	dir/images/sha256/<hex>   image files, named by the SHA-256 of their bytes
 //
 // Durability rests on two rules. Image files only ever appear by rename of a
@@ -69,7 +70,10 @@ var (
 	// bucketSeq keeps each name's last version number even after Delete, so
 	// a (name, number) pair never names two different deploys.
 	bucketSeq = []byte("seq")
-	keySchema = []byte("schema")
+	// bucketSecrets holds each app's secrets, apart from its versions:
+	// version records are what the admin API shows, secrets never are.
+	bucketSecrets = []byte("secrets")
+	keySchema     = []byte("schema")
 )
 
 // Settings are an app's per-deploy settings. Zero values mean "the
@@ -164,7 +168,7 @@ func (s *Store) init() error {
 		} else if err := meta.Put(keySchema, []byte(strconv.Itoa(schemaVersion))); err != nil {
 			return err
 		}
-		for _, b := range [][]byte{bucketApps, bucketSeq} {
+		for _, b := range [][]byte{bucketApps, bucketSeq, bucketSecrets} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
