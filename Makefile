@@ -13,8 +13,11 @@ build:
 	@mkdir -p bin
 	$(GO) build -o $(BIN) ./cmd/dust
 
+# libdust examples (examples/NAME/NAME.elf), then the ordinary static
+# Linux programs (examples/linux/linux.mk: gcc -static, musl-gcc, Lua).
 examples:
 	$(MAKE) -s -C guest lib examples
+	$(MAKE) -s -f examples/linux/linux.mk
 
 # The examples as WASI preview 1 modules (examples/NAME/NAME.wasm) for the
 # wasm kind: clang + wasi-libc for C, GOOS=wasip1 for Go.
@@ -77,3 +80,4 @@ bench: build examples
 clean:
 	rm -rf bin
 	$(MAKE) -s -C guest clean
+	$(MAKE) -s -f examples/linux/linux.mk clean

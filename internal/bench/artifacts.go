@@ -19,6 +19,9 @@ type artifacts struct {
 	helloWasm, echoWasm, goHello []byte // wasm images
 	bigWasm                      []byte
 	staticHello, staticBig       string // host programs, static glibc
+	muslHello                    string // the hello host program, static musl
+	// The static hellos' bytes, as Linux programs on hvt.
+	staticHelloELF, muslHelloELF []byte
 	qemuGuest                    string // PVH ELF for QEMU microvm
 	missing                      map[string]string
 }
@@ -74,6 +77,24 @@ func buildArtifacts(examples string) (*artifacts, error) {
 			continue
 		}
 		*p.dst = out
+	}
+	if a.staticHello != "" {
+		if a.staticHelloELF, err = os.ReadFile(a.staticHello); err != nil {
+			a.missing["hello-static"] = err.Error()
+		}
+	}
+	// musl is optional (Debian: musl-tools); its rows say skipped without.
+	if _, err := exec.LookPath("musl-gcc"); err != nil {
+		a.missing["hello-musl"] = "musl-gcc not installed (Debian: apt-get install musl-tools)"
+	} else {
+		out := filepath.Join(dir, "hello-musl")
+		if err := a.run("musl-gcc", "-O2", "-static", "-o", out, filepath.Join(examples, "hello", "hello.c")); err != nil {
+			a.missing["hello-musl"] = err.Error()
+		} else if a.muslHelloELF, err = os.ReadFile(out); err != nil {
+			a.missing["hello-musl"] = err.Error()
+		} else {
+			a.muslHello = out
+		}
 	}
 	if g, err := buildQEMUGuest(dir); err != nil {
 		a.missing["qemu-guest"] = err.Error()

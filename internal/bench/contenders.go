@@ -49,9 +49,12 @@ type contender struct {
 	// check runs after the last slice: an error (a restore pool that
 	// never restored) fails the row, whose figures would be misnamed.
 	check func() error
-	pool  *machine.Pool // the pool rows' pool, for their counters
-	close func()
-	skip  string
+	// counts, for a Linux program's rows, are its exits and system calls
+	// per request.
+	counts func() (exits, calls float64)
+	pool   *machine.Pool // the pool rows' pool, for their counters
+	close  func()
+	skip   string
 }
 
 // once serves one request and times it.
@@ -136,6 +139,12 @@ func machineContenders(a *artifacts, log func(string, ...any)) (cs []*contender,
 		spawn.do = spawnDo(a.staticHello)
 	}
 	cs = append(cs, spawn)
+	cs = append(cs, linuxContenders(a, func() string {
+		if kvmErr != nil {
+			return "no usable KVM: " + kvmErr.Error()
+		}
+		return ""
+	})...)
 	cs = append(cs, containerContenders(a)...)
 
 	cgiC := &contender{Name: "http-cgi", Isolation: "process", Note: "Go net/http/cgi starting static C hello, loopback HTTP"}

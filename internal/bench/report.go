@@ -62,6 +62,10 @@ type Row struct {
 	// Pool is the row's machine pool's counters at the end, for the pool
 	// rows.
 	Pool *machine.PoolStats `json:"pool,omitempty"`
+	// Exits and Syscalls per request, for the rows of a Linux program on
+	// hvt (each system call is one exit to the monitor).
+	Exits    float64 `json:"exits_per_request,omitempty"`
+	Syscalls float64 `json:"system_calls_per_request,omitempty"`
 	Summary
 	samples []time.Duration
 }
@@ -305,7 +309,7 @@ func (r *Report) WriteText(w io.Writer) {
 		tw.Flush()
 	}
 	if len(r.Targets) > 0 {
-		fmt.Fprintln(w, "\nTargets (issues 5 and 10):")
+		fmt.Fprintln(w, "\nTargets (issues 5, 10 and 11):")
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		for _, t := range r.Targets {
 			verdict := "MET"

@@ -313,6 +313,9 @@ func runMachine(ctx context.Context, cs []*contender, b budget, baseline string,
 			st := c.pool.Stats()
 			rows[i].Pool = &st
 		}
+		if c.counts != nil && c.skip == "" {
+			rows[i].Exits, rows[i].Syscalls = c.counts()
+		}
 		if len(t.samples) > 0 && c.skip == "" {
 			rows[i].Summary = Summarize(t.samples)
 			rows[i].Requests = len(t.samples)

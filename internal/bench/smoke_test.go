@@ -51,11 +51,13 @@ func TestQuickSmoke(t *testing.T) {
 	_, noQEMU := qemuBinary()
 	_, noRunc := exec.LookPath("runc")
 	root := os.Geteuid() == 0
+	_, noMusl := exec.LookPath("musl-gcc")
 	for _, want := range []struct {
 		name     string
 		required bool
 	}{{"hvt-floor", true}, {"hvt-floor-direct", true}, {"hvt-restore-paced", true}, {"hvt-restore", true}, {"hvt-restore-seq", true},
 		{"hvt-fresh-paced", true}, {"hvt-fresh", true}, {"hvt-cold", true}, {"posix-spawn", true}, {"http-plain", true},
+		{"hvt-linux-musl", noMusl == nil}, {"posix-spawn-musl", noMusl == nil}, {"hvt-linux-glibc", true},
 		{"qemu-microvm", noQEMU == nil}, {"container-ns", root}, {"container-runc", root && noRunc == nil}} {
 		r, ok := byName[want.name]
 		if !ok {
@@ -114,13 +116,20 @@ func TestQuickSmoke(t *testing.T) {
 			t.Errorf("breakdown lacks %q: %+v", want, rep.Breakdown)
 		}
 	}
+	// A Linux program's rows count its exits: at least one system call
+	// (exit_group) per request, and no more exits than calls plus one.
+	for _, name := range []string{"hvt-linux-musl", "hvt-linux-glibc"} {
+		if r := byName[name]; r.Skip == "" && (r.Syscalls < 1 || r.Exits < 1 || r.Exits > r.Syscalls+1) {
+			t.Errorf("%s: %.1f exits for %.1f system calls per request", name, r.Exits, r.Syscalls)
+		}
+	}
 	for _, tg := range rep.Targets {
-		if tg.Issue == "10" && !tg.Measured {
-			t.Errorf("issue 10 target %q not measured: %s", tg.What, tg.Reason)
+		if (tg.Issue == "10" || (tg.Issue == "11" && noMusl == nil)) && !tg.Measured {
+			t.Errorf("issue %s target %q not measured: %s", tg.Issue, tg.What, tg.Reason)
 		}
 	}
 	text := stdout.String()
-	for _, s := range []string{"p50 vs posix-spawn", "hvt-restore-paced", "hvt-floor", "gateway hvt fresh", "Restore cost", "Targets (issues 5 and 10)"} {
+	for _, s := range []string{"p50 vs posix-spawn", "hvt-restore-paced", "hvt-floor", "gateway hvt fresh", "Restore cost", "Targets (issues 5, 10 and 11)"} {
 		if !strings.Contains(text, s) {
 			t.Errorf("report lacks %q:\n%s", s, text)
 		}

@@ -1,0 +1,112 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/dust-run/dust/internal/hvt"
+	"github.com/dust-run/dust/internal/machine"
+)
+
+// The static C hello as an ordinary Linux program (issue 11): the same
+// examples/hello/hello.c built with musl-gcc -static and gcc -static, run
+// on hvt with the monitor serving its system calls, next to posix_spawn of
+// the very same binaries.
+
+// linuxCounter is what an hvt machine reports about a Linux program's
+// system calls.
+type linuxCounter interface {
+	LinuxCalls() (calls int, unknown map[string]int)
+}
+
+// linuxContenders are, per libc, the hvt row and the posix_spawn row of
+// the same binary.
+func linuxContenders(a *artifacts, hvtSkip func() string) []*contender {
+	var cs []*contender
+	for _, l := range []struct {
+		libc, file, bin string
+		elf             []byte
+		spawn           bool // glibc's posix_spawn row is posix-spawn itself
+	}{{"musl", "hello-musl", a.muslHello, a.muslHelloELF, true}, {"glibc", "hello-static", a.staticHello, a.staticHelloELF, false}} {
+		c := linuxSeqContender("hvt-linux-"+l.libc, l.libc, l.elf, func() string {
+			if s := hvtSkip(); s != "" {
+				return s
+			}
+			return a.why(l.file)
+		})
+		cs = append(cs, c)
+		if l.spawn {
+			s := &contender{Name: "posix-spawn-" + l.libc, Isolation: "process",
+				Note: "clone(CLONE_VFORK)+execve+wait of the same " + l.libc + " static hello as hvt-linux-" + l.libc}
+			if s.skip = a.why(l.file); s.skip == "" {
+				s.do = spawnDo(l.bin)
+			}
+			cs = append(cs, s)
+		}
+	}
+	return cs
+}
+
+// linuxSeqContender serves hello from one machine of a static Linux
+// program, restored inline after every request (as hvt-restore-seq): the
+// latency is the run, req/s and CPU/req include the restore. Every system
+// call the program makes is one exit to the monitor, so the row counts
+// both.
+func linuxSeqContender(name, libc string, elf []byte, skip func() string) *contender {
+	c := &contender{Name: name, Isolation: "hardware VM (KVM)",
+		Note: "static C hello (" + libc + ") as a Linux program, one VM, run then Reset inline; latency is the run, req/s and CPU/req include the restore"}
+	if c.skip = skip(); c.skip != "" {
+		return c
+	}
+	im, err := hvt.Prepare(elf, machine.Limits{Memory: 8 << 20})
+	if err != nil {
+		c.skip = fmt.Sprintf("preparing the %s hello: %v", libc, err)
+		return c
+	}
+	m, err := im.NewMachine()
+	if err != nil {
+		im.Close()
+		c.skip = err.Error()
+		return c
+	}
+	r, okR := m.(machine.Resetter)
+	lc, okC := m.(linuxCounter)
+	if !okR || !okC {
+		m.Close()
+		im.Close()
+		c.skip = fmt.Sprintf("a %T cannot be reset or count system calls", m)
+		return c
+	}
+	var out bytes.Buffer
+	var exits, calls, n int
+	c.timed = func(ctx context.Context) (time.Duration, error) {
+		out.Reset()
+		t0 := time.Now()
+		res := m.Run(ctx, &machine.Request{Env: helloEnv}, &out, io.Discard)
+		d := time.Since(t0)
+		if err := res.Err(); err != nil {
+			return d, err
+		}
+		k, _ := lc.LinuxCalls()
+		exits, calls, n = exits+res.Exits, calls+k, n+1
+		if err := r.Reset(); err != nil {
+			return d, err
+		}
+		return d, checkHello(out.Bytes())
+	}
+	c.counts = func() (float64, float64) {
+		if n == 0 {
+			return 0, 0
+		}
+		return float64(exits) / float64(n), float64(calls) / float64(n)
+	}
+	c.extra = func() string {
+		e, k := c.counts()
+		return fmt.Sprintf("; %.1f exits and %.1f system calls per request", e, k)
+	}
+	c.close = func() { m.Close(); im.Close() }
+	return c
+}
