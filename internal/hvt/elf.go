@@ -83,6 +83,9 @@ type elfImage struct {
 	phnum    uint64
 	phdrAddr uint64
 	phdrCopy []byte
+	// goRuntime: the program carries a Go build-ID note, so it is a Go
+	// program and needs linuxGoMinMemory.
+	goRuntime bool
 }
 
 // parseELF validates a static x86-64 Dust guest strictly. It does not know

@@ -9,10 +9,16 @@
 package hvt
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
+	"path"
+	"slices"
 	"sync"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -84,6 +90,8 @@ type Image struct {
 	// snapshotted: the template is the program's state at its ready
 	// point (snapshot.go), not at boot.
 	snapshotted bool
+	// files are a Linux program's /app (Options.Files).
+	files fs.FS
 
 	mu     sync.RWMutex // Close against restores reading view
 	closed bool
@@ -94,11 +102,35 @@ func (Kind) Prepare(elf []byte, limits machine.Limits) (machine.Image, error) {
 	return Prepare(elf, limits)
 }
 
+// Options are what an image carries besides its program and limits.
+type Options struct {
+	// Files are the app's read-only files, which a Linux program sees
+	// under /app (nil: no /app): regular files and directories, at most
+	// maxAppBytes and maxAppFiles in all. PrepareWith copies them into
+	// memory (appFiles says why); later changes to Files are not seen. A
+	// libdust program has no file system and never sees them.
+	Files fs.FS
+}
+
 // Prepare validates elf and builds its memory template.
 func Prepare(elf []byte, limits machine.Limits) (*Image, error) {
+	return PrepareWith(elf, limits, Options{})
+}
+
+// PrepareWith is Prepare for an app that has more than a program (its
+// read-only files).
+func PrepareWith(elf []byte, limits machine.Limits, opt Options) (*Image, error) {
 	limits = limits.WithDefaults()
 	if err := limits.Validate(); err != nil {
 		return nil, err
+	}
+	var files fs.FS
+	if opt.Files != nil {
+		af, err := copyAppFiles(opt.Files)
+		if err != nil {
+			return nil, err
+		}
+		files = af
 	}
 	img, err := parseImage(elf)
 	if err != nil {
@@ -137,7 +169,7 @@ func Prepare(elf []byte, limits machine.Limits) (*Image, error) {
 	}
 	im := &Image{
 		sys: sys, limits: limits, lay: lay, elf: img, memfd: fd, tsize: uintptr(lay.tsize),
-		sregs: sregs, regs: lay.initialRegs(), cpuid: cpuid,
+		sregs: sregs, regs: lay.initialRegs(), cpuid: cpuid, files: files,
 	}
 	if img.linux {
 		// AT_HWCAP is CPUID leaf 1 EDX, as Linux reports it; the guest
@@ -392,4 +424,145 @@ func (im *Image) newMachine() (m *Machine, err error) {
 		lap("warm-up run (first KVM_RUN, stub, KVM_SET_REGS)")
 	}
 	return m, nil
+}
+
+// App files.
+
+// Bounds on an app's read-only files, which every image holds in memory.
+const (
+	maxAppBytes = 256 << 20
+	maxAppFiles = 16384
+)
+
+// appFiles is an app's read-only files, copied into memory when the image
+// is prepared. A Linux program's file system calls are served on the vCPU
+// worker thread, whose seccomp filter (seccomp.go) allows no openat, fstat
+// or getdents64: an fs.FS backed by host files would have the filter kill
+// the whole process there. Served from memory, /app costs no host system
+// call after Prepare, and the files cannot change under a running program
+// (which may have mapped one).
+type appFiles map[string]*appFile // by fs.ValidPath name; "." is the root
+
+type appFile struct {
+	name    string // base name
+	mode    fs.FileMode
+	mtime   time.Time
+	data    []byte
+	entries []fs.DirEntry // a directory's, sorted by name
+}
+
+// copyAppFiles reads src whole. Anything but regular files and
+// directories is refused rather than followed: a symbolic link could point
+// outside the app.
+func copyAppFiles(src fs.FS) (appFiles, error) {
+	af := appFiles{}
+	var total int64
+	err := fs.WalkDir(src, ".", func(name string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if len(af) >= maxAppFiles {
+			return fmt.Errorf("more than %d files and directories", maxAppFiles)
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		f := &appFile{name: path.Base(name), mode: info.Mode(), mtime: info.ModTime()}
+		switch {
+		case name == ".":
+			f.name, f.mode = ".", fs.ModeDir|0o555
+		case d.IsDir():
+		case info.Mode().IsRegular():
+			if total += info.Size(); total > maxAppBytes {
+				return fmt.Errorf("more than %d MiB", maxAppBytes>>20)
+			}
+			if f.data, err = fs.ReadFile(src, name); err != nil {
+				return err
+			}
+			// The size Stat reports must be the bytes served.
+			total += int64(len(f.data)) - info.Size()
+		default:
+			return fmt.Errorf("%s is a %v, not a regular file or directory", name, info.Mode().Type())
+		}
+		af[name] = f
+		if name != "." {
+			parent := af[path.Dir(name)]
+			parent.entries = append(parent.entries, fs.FileInfoToDirEntry(f))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: the app's files: %w", machine.ErrBadImage, err)
+	}
+	return af, nil
+}
+
+func (af appFiles) lookup(op, name string) (*appFile, error) {
+	if !fs.ValidPath(name) {
+		return nil, &fs.PathError{Op: op, Path: name, Err: fs.ErrInvalid}
+	}
+	f, ok := af[name]
+	if !ok {
+		return nil, &fs.PathError{Op: op, Path: name, Err: fs.ErrNotExist}
+	}
+	return f, nil
+}
+
+// Open implements fs.FS; every open file reads the shared bytes through
+// its own offset.
+func (af appFiles) Open(name string) (fs.File, error) {
+	f, err := af.lookup("open", name)
+	if err != nil {
+		return nil, err
+	}
+	return &openAppFile{appFile: f, Reader: bytes.NewReader(f.data)}, nil
+}
+
+// Stat implements fs.StatFS.
+func (af appFiles) Stat(name string) (fs.FileInfo, error) { return af.lookup("stat", name) }
+
+// ReadDir implements fs.ReadDirFS.
+func (af appFiles) ReadDir(name string) ([]fs.DirEntry, error) {
+	f, err := af.lookup("readdir", name)
+	if err != nil {
+		return nil, err
+	}
+	if !f.mode.IsDir() {
+		return nil, &fs.PathError{Op: "readdir", Path: name, Err: errors.New("not a directory")}
+	}
+	return slices.Clone(f.entries), nil
+}
+
+// appFile is its own fs.FileInfo.
+func (f *appFile) Name() string       { return f.name }
+func (f *appFile) Size() int64        { return int64(len(f.data)) }
+func (f *appFile) Mode() fs.FileMode  { return f.mode }
+func (f *appFile) ModTime() time.Time { return f.mtime }
+func (f *appFile) IsDir() bool        { return f.mode.IsDir() }
+func (f *appFile) Sys() any           { return nil }
+
+type openAppFile struct {
+	*appFile
+	*bytes.Reader // Read, ReadAt, Seek
+	dirPos        int
+}
+
+func (o *openAppFile) Stat() (fs.FileInfo, error) { return o.appFile, nil }
+func (o *openAppFile) Close() error               { return nil }
+
+// ReadDir implements fs.ReadDirFile, with fs.ReadDirFile's paging.
+func (o *openAppFile) ReadDir(n int) ([]fs.DirEntry, error) {
+	if !o.mode.IsDir() {
+		return nil, &fs.PathError{Op: "readdir", Path: o.name, Err: errors.New("not a directory")}
+	}
+	rest := o.entries[o.dirPos:]
+	if n > 0 && len(rest) == 0 {
+		return nil, io.EOF
+	}
+	if n > 0 && n < len(rest) {
+		rest = rest[:n]
+	}
+	o.dirPos += len(rest)
+	return slices.Clone(rest), nil
 }

@@ -179,10 +179,20 @@ func (l *layout) pageTables(img *elfImage, t []byte) error {
 			le.PutUint64(t[pde:], base|permUserRW|ptePS)
 			continue
 		}
-		if nPT == ptMax {
-			return badImage("layout", "image needs more than %d 4 KiB page tables (read-only segments spread over more than %d MiB)", ptMax, 2*(ptMax-1))
+		limit := ptMax
+		if l.linux {
+			limit = ptMax + linuxPTMax
+		}
+		if nPT == limit {
+			return badImage("layout", "image needs more than %d 4 KiB page tables (read-only segments spread over more than %d MiB)", limit, 2*(limit-1))
 		}
 		pt := uint64(ptAddr + pageSize*nPT)
+		if nPT >= ptMax {
+			// A Linux program's code, read-only data and data can span
+			// many 2 MiB regions (a Go net/http binary: 4 or more); its
+			// low memory has room that a Dust guest's request area uses.
+			pt = linuxPTAddr + pageSize*uint64(nPT-ptMax)
+		}
 		nPT++
 		le.PutUint64(t[pde:], pt|pteDir)
 		for i := uint64(0); i < 512; i++ {

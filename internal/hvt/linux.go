@@ -106,9 +106,11 @@ func (s *session) placeLinux(req *machine.Request) error {
 		StdinLen:  s.bodyLeft,
 		Stdout:    linuxWriter{s, fdStdout},
 		Stderr:    linuxWriter{s, fdStderr},
+		Files:     m.im.files,
 		Now:       time.Now,
 		Monotonic: func() int64 { return int64(time.Since(start)) },
 		Random:    func(b []byte) { rand.Read(b) },
+		HeapZero:  true, // fresh machines and restores both start from the template
 		Sleep: func(d time.Duration) bool {
 			t := time.NewTimer(d)
 			defer t.Stop()
@@ -121,7 +123,60 @@ func (s *session) placeLinux(req *machine.Request) error {
 		},
 	}, m.im)
 	m.proc = s.proc
+	s.tid, s.threads = linuxMainTid, nil
 	return nil
+}
+
+// linuxMainTid is the tid internal/linux gives the main thread.
+const linuxMainTid = 2
+
+// savedThread is a Linux thread that is not running: its registers as
+// they are on return from the system call it is in, and its FS base.
+type savedThread struct {
+	regs kvm.Regs
+	fs   uint64
+}
+
+// userReturn is regs as SYSRETQ would leave them: what a thread resumes
+// with when the monitor switches back to it.
+func userReturn(regs kvm.Regs) kvm.Regs {
+	regs.RIP, regs.RFLAGS = regs.RCX, regs.R11&sysretFlags|2
+	return regs
+}
+
+// threadSwitch applies a Result that names threads: a child clone made
+// starts from the caller's return state; a switch saves the caller (unless
+// it exited) and loads the next thread's registers, FS base and user
+// segments through the sync area, so a switch costs no ioctl beyond the
+// KVM_RUN that resumes the guest. The thread count is bounded by
+// internal/linux (64), and so is this map.
+func (s *session) threadSwitch(r linux.Result, regs *kvm.Regs, sr *kvm.Sregs) {
+	if s.threads == nil {
+		s.threads = map[int]*savedThread{}
+	}
+	if c := r.Child; c != nil {
+		t := &savedThread{regs: userReturn(*regs), fs: sr.FS.Base}
+		t.regs.RAX = 0
+		if c.Stack != 0 {
+			t.regs.RSP = c.Stack
+		}
+		if c.SetTLS {
+			t.fs = c.TLS
+		}
+		s.threads[c.Tid] = t
+	}
+	if r.Next == 0 || r.Next == s.tid {
+		return
+	}
+	if !r.Gone {
+		s.threads[s.tid] = &savedThread{regs: userReturn(*regs), fs: sr.FS.Base}
+	}
+	t := s.threads[r.Next]
+	delete(s.threads, r.Next)
+	*regs = t.regs
+	sr.FS.Base = t.fs
+	sr.CS, sr.SS = s.m.im.sregs.CS, s.m.im.sregs.SS
+	s.tid = r.Next
 }
 
 // errStopped is what a writer returns once a limit or the sink has ended
@@ -193,9 +248,32 @@ func (s *session) linuxIO() bool {
 		s.linuxStop(r.Err)
 		return false
 	}
-	regs.RAX = r.Ret
 	dirty := uint64(kvm.KVM_SYNC_X86_REGS)
 	sr := &m.run.Sync().Sregs
+	if r.SetFS {
+		// Once per thread (arch_prctl(ARCH_SET_FS) at start-up).
+		sr.FS.Base = r.FSBase
+		dirty |= kvm.KVM_SYNC_X86_SREGS
+	}
+	if r.Child != nil || r.Next != 0 && r.Next != s.tid {
+		if _, ok := s.threads[r.Next]; r.Next != 0 && r.Next != s.tid && !ok && (r.Child == nil || r.Child.Tid != r.Next) {
+			s.end(machine.InternalError, fmt.Sprintf("switch to thread %d, whose registers the monitor does not have", r.Next))
+			return false
+		}
+		s.threadSwitch(r, regs, sr)
+		if r.Next != 0 {
+			regs.RAX = r.Ret
+			if r.Restart {
+				regs.RIP -= 2 // back onto the SYSCALL instruction
+			}
+			*m.run.DirtyRegs() = dirty | kvm.KVM_SYNC_X86_SREGS
+			return true
+		}
+	}
+	regs.RAX = r.Ret
+	if r.Restart {
+		regs.RCX -= 2 // every return path below resumes at RCX
+	}
 	switch {
 	case directReturn:
 		regs.RIP, regs.RFLAGS = regs.RCX, regs.R11&sysretFlags|2
@@ -210,11 +288,6 @@ func (s *session) linuxIO() bool {
 		// SYSRETQ would #GP: the monitor returns instead, through the
 		// general registers only.
 		regs.RIP, regs.RFLAGS = regs.RCX, regs.R11&sysretFlags|2
-	}
-	if r.SetFS {
-		// Once per process (arch_prctl(ARCH_SET_FS) at start-up).
-		sr.FS.Base = r.FSBase
-		dirty |= kvm.KVM_SYNC_X86_SREGS
 	}
 	*m.run.DirtyRegs() = dirty
 	return true

@@ -121,6 +121,62 @@ int main(void) {
 `,
 	"portio": `int main(void) { __asm__ volatile("mov $60, %eax; xor %edi, %edi; outb %al, $0xDC"); return 3; }
 `,
+	// threads: pthread_create until it fails (the cap, EAGAIN), every
+	// thread blocked on a condition variable until main releases them,
+	// joined (CLONE_CHILD_CLEARTID); then two threads taking turns.
+	"threads": `#include <pthread.h>
+#include <stdio.h>
+#include <stdint.h>
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+static int go_on, turn, rounds;
+static void *worker(void *arg) {
+	pthread_mutex_lock(&mu);
+	while (!go_on) pthread_cond_wait(&cv, &mu);
+	pthread_mutex_unlock(&mu);
+	return arg;
+}
+static void *pong(void *arg) {
+	for (int i = 0; i < 8; i++) {
+		pthread_mutex_lock(&mu);
+		while (turn != 1) pthread_cond_wait(&cv, &mu);
+		turn = 0; rounds++;
+		pthread_cond_broadcast(&cv);
+		pthread_mutex_unlock(&mu);
+	}
+	return arg;
+}
+int main(void) {
+	static pthread_t t[100];
+	int n = 0, err = 0, joined = 0;
+	long sum = 0;
+	pthread_attr_t a;
+	pthread_attr_init(&a);
+	pthread_attr_setstacksize(&a, 64 << 10);
+	for (; n < 100; n++) if ((err = pthread_create(&t[n], &a, worker, (void *)(intptr_t)n))) break;
+	pthread_mutex_lock(&mu); go_on = 1; pthread_cond_broadcast(&cv); pthread_mutex_unlock(&mu);
+	for (int i = 0; i < n; i++) { void *r; if (pthread_join(t[i], &r) == 0) { joined++; sum += (intptr_t)r; } }
+	pthread_t p;
+	pthread_create(&p, &a, pong, 0);
+	for (int i = 0; i < 8; i++) {
+		pthread_mutex_lock(&mu);
+		turn = 1; pthread_cond_broadcast(&cv);
+		while (turn != 0) pthread_cond_wait(&cv, &mu);
+		pthread_mutex_unlock(&mu);
+	}
+	pthread_join(p, 0);
+	printf("Content-Type: text/plain\r\n\r\ncreated=%d err=%d joined=%d sum=%ld pingpong=%d\n", n, err, joined, sum, rounds);
+	return 0;
+}
+`,
+	// deadlock: main joins a thread that waits for a signal nobody sends.
+	"deadlock": `#include <pthread.h>
+#include <stdio.h>
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+static void *waiter(void *a) { pthread_mutex_lock(&mu); for (;;) pthread_cond_wait(&cv, &mu); return a; }
+int main(void) { pthread_t t; pthread_create(&t, 0, waiter, 0); pthread_join(t, 0); puts("joined"); return 0; }
+`,
 	// spin: N system calls (argv[1]) then exit: the cost of one call.
 	"spin": `#include <stdlib.h>
 #include <unistd.h>

@@ -23,7 +23,7 @@ import (
 //	0x10000           the syscall entry stub: read/execute, LSTAR points here
 //	0x11000           a copy of the program headers, user read-only, only when
 //	                  no PT_LOAD contains them (AT_PHDR must point at them)
-//	... 0x100000      unmapped
+//	0x20000-0x100000  unmapped; page tables beyond the fourth (linuxPTAddr)
 //	0x100000-         segments; a static PIE is loaded at linuxPIEBase. Pages of
 //	                  the image's span that no segment covers stay unmapped.
 //	image end-guard   heap for brk and mmap (linux.Config.HeapStart/HeapEnd)
@@ -43,6 +43,11 @@ const (
 	linuxPIEBase     = 0x400000 // where a static PIE is placed: where ET_EXEC binaries are linked
 	linuxSyscallPort = 0xDC     // the stub's 8-bit port (outb imm8: no register is clobbered)
 	linuxMinHeap     = 256 << 10
+	// Page tables beyond the ptMax Dust guests have, in low memory no
+	// Linux program can reach (unmapped, and denied to system calls):
+	// 0x20000 up to imageBase, enough for 448 MiB of 4 KiB-mapped image.
+	linuxPTAddr = 0x20000
+	linuxPTMax  = (imageBase - linuxPTAddr) / pageSize
 
 	// SYSCALL enters with CS = STAR[47:32] (kernel code) and SS = +8;
 	// SYSRETQ returns with CS = STAR[63:48]+16 and SS = +8, RPL 3: with
@@ -172,6 +177,7 @@ func parseLinuxELF(b []byte) (*elfImage, error) {
 			if _, _, _, err := scanNotes(b[ph.off:ph.fileEnd], where); err != nil {
 				return nil, err
 			}
+			img.goRuntime = img.goRuntime || hasGoNote(b[ph.off:ph.fileEnd])
 		case ptLoad:
 			ph.vaddr += img.bias
 			if err := img.addLoad(b, where, ph); err != nil {
@@ -241,10 +247,49 @@ func (img *elfImage) placePhdrs(b []byte, phoff, phdrVaddr uint64, hasPhdr bool)
 	img.phdrAddr = linuxPhdrAddr
 }
 
+// linuxGoMinMemory is the least guest memory a Go program starts in. The
+// Go runtime (1.2x to 1.26 on amd64) reserves address space it mostly
+// never touches: page-allocator summaries (585 MiB), the scavenger index
+// (512 MiB), its first heap arena aligned to 64 MiB (128 MiB reserved,
+// then trimmed) and the arena index (32 MiB). Guest memory is identity
+// mapped, so those reservations must fit in it; only the pages the
+// program touches cost host memory (copy-on-write from the template, and
+// mmap does not clear pages never handed out). Below this the runtime
+// dies with "failed to reserve page summary memory" or "out of memory",
+// or, worse, between about 1 and 1.15 GiB, continues with a scavenger
+// index at address 0 that aliases other memory: so it is refused here.
+// 1280 MiB holds the reservations but not always the first heap: Go
+// 1.26 starts its heap at a random offset up to an arena into its first
+// reservation (randomised heap base), so a program that allocates a few
+// MiB at start-up can run out at 1280; 1536 leaves room for three more
+// arenas (a live heap of roughly 200 MiB).
+const linuxGoMinMemory = 1536 << 20
+
+// hasGoNote reports whether notes hold Go's build ID note ("Go", type 4),
+// which every binary the go command links carries.
+func hasGoNote(b []byte) bool {
+	le := binary.LittleEndian
+	for len(b) >= 12 {
+		namesz, descsz, typ := uint64(le.Uint32(b)), uint64(le.Uint32(b[4:])), le.Uint32(b[8:])
+		end := 12 + alignUp(namesz, 4) + alignUp(descsz, 4)
+		if namesz > 1<<16 || descsz > 1<<20 || end > uint64(len(b)) {
+			return false
+		}
+		if typ == 4 && namesz == 4 && string(b[12:16]) == "Go\x00\x00" {
+			return true
+		}
+		b = b[end:]
+	}
+	return false
+}
+
 // buildLinuxLayout places a Linux program in memSize bytes.
 func buildLinuxLayout(img *elfImage, memSize uint64) (*layout, error) {
 	if memSize < MinMemory || memSize > MaxMemory || memSize%largePage != 0 {
 		return nil, fmt.Errorf("%w: hvt memory %d bytes: want a multiple of 2 MiB in [%d MiB, %d GiB]", machine.ErrBadLimits, memSize, MinMemory>>20, MaxMemory>>30)
+	}
+	if img.goRuntime && memSize < linuxGoMinMemory {
+		return nil, fmt.Errorf("%w: a Go program needs at least %d MiB of hvt memory (asked for %d MiB): the Go runtime reserves about 1.2 GiB of address space at start-up, which here must be guest memory; only the pages it touches cost host memory", machine.ErrBadLimits, linuxGoMinMemory>>20, memSize>>20)
 	}
 	stack := linuxStackSize(memSize)
 	l := &layout{memSize: memSize, stackTop: memSize, entry: img.entry, linux: true, stackSize: stack}

@@ -136,6 +136,10 @@ type session struct {
 	// body has already ended the run with an outcome.
 	proc  syscaller
 	ended bool
+	// The running thread of a Linux program and the saved registers of
+	// the others (linux.go).
+	tid     int
+	threads map[int]*savedThread
 }
 
 // Run serves one request on this machine (machine.Machine).

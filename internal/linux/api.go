@@ -43,6 +43,11 @@ type Config struct {
 	Random    func([]byte)
 	// Files are the app's read-only files, seen under /app (nil: none).
 	Files fs.FS
+	// HeapZero says the heap is all zero bytes when the process starts (a
+	// fresh machine, or one restored to its template): then mmap and brk
+	// need not clear memory never handed out before, which for the Go
+	// runtime's gigabyte of reservations is most of it.
+	HeapZero bool
 	// Sleep blocks for d or until the request's deadline, whichever is
 	// first, and reports whether the whole d passed.
 	Sleep func(d time.Duration) bool
@@ -72,10 +77,22 @@ type Result struct {
 	// (arch_prctl(ARCH_SET_FS)) before resuming.
 	FSBase uint64
 	SetFS  bool
+
+	// Threads (thread.go). Next, when not 0, is the thread that runs after
+	// this call: the monitor saves the calling thread's registers as they
+	// are on return from the call (unless Gone: the caller exited) and
+	// loads Next's; Ret is then Next's RAX. Restart: the thread that runs
+	// re-executes its system call (RAX = Ret, the call's number; RIP back
+	// onto the SYSCALL instruction) because what blocked it has changed.
+	// Child, when not nil, is a thread this call created.
+	Next    int
+	Gone    bool
+	Restart bool
+	Child   *Child
 }
 
-// Process is one request's Linux process. It is not safe for concurrent
-// use: a guest has one vCPU.
+// Process is one request's Linux process: one or more green threads
+// (thread.go) on the guest's one vCPU. It is not safe for concurrent use.
 type Process struct {
 	cfg Config
 	st  state
@@ -95,3 +112,7 @@ func (p *Process) Unknown() map[string]int { return p.unknown() }
 
 // Calls is how many system calls the process made.
 func (p *Process) Calls() int { return p.calls() }
+
+// SysName is the name of x86-64 system call nr ("syscall_N" if unknown),
+// for reports that count calls by name.
+func SysName(nr uint64) string { return sysName(nr) }

@@ -4,7 +4,8 @@ package linux
 // from that snapshot: the guest's memory comes back as it was, so its
 // kernel-side state must too (the break and the mappings the program's
 // allocator is using, open descriptors and their offsets, /tmp, signal
-// dispositions, limits, cwd, the FS base). cfg is the new request's: its
+// dispositions, limits, cwd, every thread's state; the monitor restores
+// the threads' registers). cfg is the new request's: its
 // memory (the restored copy), body, output, clocks, randomness and
 // deadline. The call counters start again at zero.
 //
@@ -21,6 +22,16 @@ func (p *Process) Clone(cfg Config) *Process {
 	st.ncalls, st.unknown = 0, map[string]int{}
 	st.regions = append([]region(nil), old.regions...)
 	st.spans = append([]span(nil), old.spans...)
+	st.clean = append([]span(nil), old.clean...)
+	st.lazy = append([]span(nil), old.lazy...)
+	st.threads = make([]*thread, len(old.threads))
+	for i, t := range old.threads {
+		c := *t
+		st.threads[i] = &c
+		if t == old.cur {
+			st.cur = &c
+		}
+	}
 	st.stdinLeft, st.stdinEOF = fresh.stdinLeft, false
 	st.start = fresh.start
 
@@ -41,6 +52,22 @@ func (p *Process) Clone(cfg Config) *Process {
 			files[d.f] = f
 		}
 		st.fds[i] = &fdesc{f: f, cloexec: d.cloexec}
+	}
+	// Registrations name open files: point them at the copies (one whose
+	// file is no longer installed is dropped, as at the next wait).
+	for _, f := range files {
+		if f.ep == nil {
+			continue
+		}
+		ep := &epoll{}
+		for _, it := range f.ep.items {
+			if g, ok := files[it.f]; ok {
+				c := *it
+				c.f = g
+				ep.items = append(ep.items, &c)
+			}
+		}
+		f.ep = ep
 	}
 	// The heap range is the snapshot's: the restored memory has the
 	// program's data exactly there.

@@ -24,6 +24,7 @@ type ofile struct {
 
 	pipe *pipe
 	ev   *eventfd
+	ep   *epoll
 }
 
 type fdesc struct {
@@ -60,6 +61,7 @@ func (p *Process) release(f *ofile) {
 		f.n.tmp.opens--
 		p.tmpMaybeFree(f.n.tmp)
 	case f.pipe != nil:
+		p.ioChanged() // a reader sees EOF, a writer EPIPE
 		if f.flags&unix.O_ACCMODE == unix.O_RDONLY {
 			f.pipe.readers--
 		} else {
@@ -115,7 +117,7 @@ func canWrite(f *ofile) bool {
 
 func seekable(f *ofile) bool {
 	switch f.n.kind {
-	case kStdin, kStdout, kStderr, kPipe, kEvent:
+	case kStdin, kStdout, kStderr, kPipe, kEvent, kEpoll:
 		return false
 	}
 	return true
@@ -203,6 +205,8 @@ func (p *Process) read(f *ofile, b []byte, off int64, pos bool) (int, error) {
 		return p.pipeRead(f, b)
 	case kEvent:
 		return p.eventRead(f, b)
+	case kEpoll:
+		return 0, unix.EINVAL
 	case kTmp:
 		if f.n.tmp.dir {
 			return 0, unix.EISDIR
@@ -277,6 +281,8 @@ func (p *Process) write(f *ofile, b []byte, off int64, pos bool) (int, error) {
 		return p.pipeWrite(f, b)
 	case kEvent:
 		return p.eventWrite(f, b)
+	case kEpoll:
+		return 0, unix.EINVAL
 	case kTmp:
 		if f.n.tmp.dir {
 			return 0, unix.EISDIR
@@ -318,9 +324,8 @@ func (p *Process) write(f *ofile, b []byte, off int64, pos bool) (int, error) {
 	return n, nil
 }
 
-// pipe is an in-process pipe. With one thread a read from an empty pipe
-// (or a write to a full one) could only wait forever, so a blocking one
-// ends the run instead of hanging until the deadline.
+// pipe is an in-process pipe. A blocking read of an empty one (or write to
+// a full one) waits for another thread (errBlockForever).
 type pipe struct {
 	buf              []byte
 	readers, writers int
@@ -328,7 +333,11 @@ type pipe struct {
 
 const pipeCap = 64 << 10
 
-var errBlockForever = errors.New("the only thread blocked on a pipe or eventfd nothing else can ever fill or drain")
+// errBlockForever: a blocking transfer on a pipe or eventfd that cannot
+// proceed now. With other threads the caller waits for a change and
+// retries (Process.call); alone, or when every thread waits, nothing can
+// ever fill or drain it, and the run ends.
+var errBlockForever = errors.New("blocked on a pipe or eventfd that nothing can ever fill or drain")
 
 func (p *Process) pipeRead(f *ofile, b []byte) (int, error) {
 	q := f.pipe
@@ -345,6 +354,7 @@ func (p *Process) pipeRead(f *ofile, b []byte) (int, error) {
 		return 0, errBlockForever
 	}
 	n := copy(b, q.buf)
+	p.ioChanged()
 	q.buf = q.buf[n:]
 	if len(q.buf) == 0 {
 		q.buf = nil
@@ -369,6 +379,7 @@ func (p *Process) pipeWrite(f *ofile, b []byte) (int, error) {
 		return 0, errBlockForever
 	}
 	n := min(room, len(b))
+	p.ioChanged()
 	q.buf = append(q.buf, b[:n]...)
 	return n, nil
 }
@@ -378,7 +389,7 @@ func (p *Process) pipeWrite(f *ofile, b []byte) (int, error) {
 // signal's default action ends the program.
 func (p *Process) sigpipe() error {
 	const sig = unix.SIGPIPE
-	if p.st.sigact[sig].handler != sigDFL || p.st.sigmask&sigbit(sig) != 0 {
+	if p.st.sigact[sig].handler != sigDFL || p.cur().sigmask&sigbit(sig) != 0 {
 		return unix.EPIPE
 	}
 	return exitError{128 + int(sig)}
@@ -405,6 +416,7 @@ func (p *Process) eventRead(f *ofile, b []byte) (int, error) {
 		v = 1
 	}
 	ev.count -= v
+	p.ioChanged()
 	le.PutUint64(b, v)
 	return 8, nil
 }
@@ -424,5 +436,6 @@ func (p *Process) eventWrite(f *ofile, b []byte) (int, error) {
 		return 0, errBlockForever
 	}
 	f.ev.count += v
+	p.ioChanged()
 	return 8, nil
 }

@@ -43,6 +43,7 @@ const (
 	kStderr
 	kPipe
 	kEvent
+	kEpoll
 )
 
 type devKind uint8
@@ -416,7 +417,7 @@ func (p *Process) stat(f *ofile, n node) statInfo {
 	default: // stdio, pipes, eventfds: ours, anonymous
 		s.dev, s.uid, s.gid = devPipeFS, uid, gid
 		s.mode = unix.S_IFIFO | 0o600
-		if n.kind == kEvent {
+		if n.kind == kEvent || n.kind == kEpoll {
 			s.mode = 0o600
 		}
 		if f != nil {

@@ -22,7 +22,80 @@ func (p *Process) heapOK(start, end uint64) bool {
 	return start >= alignUp(p.st.brk) && start <= end && end <= p.cfg.HeapEnd && start >= p.cfg.HeapStart
 }
 
-func (p *Process) zero(start, end uint64) { clear(p.cfg.Mem[start:end]) }
+// zero clears [start, end) before the program gets it, skipping what is
+// still known to be zero: the heap of a fresh machine is all zero pages,
+// and the Go runtime reserves more than a gigabyte of address space it
+// never touches (page summaries, the scavenger index, 64 MiB arenas), so
+// clearing those bytes would cost as much host memory as they span.
+// Memory handed out is no longer known to be zero: the program may write
+// it. (Writes to heap pages the program was never given are not tracked:
+// a program that does that sees its own bytes in a later mmap.)
+func (p *Process) zero(start, end uint64) {
+	a := start
+	for _, c := range p.st.clean {
+		if c.end <= a || c.start >= end {
+			continue
+		}
+		if c.start > a {
+			clear(p.cfg.Mem[a:c.start])
+		}
+		a = max(a, c.end)
+		if a >= end {
+			break
+		}
+	}
+	if a < end {
+		clear(p.cfg.Mem[a:end])
+	}
+	p.st.clean = subtract(p.st.clean, start, end)
+}
+
+// reveal clears the parts of [start, end) reserved with PROT_NONE and not
+// cleared yet, now that the program may read them.
+func (p *Process) reveal(start, end uint64) {
+	for _, l := range p.st.lazy {
+		if s, e := max(l.start, start), min(l.end, end); s < e {
+			p.zero(s, e)
+		}
+	}
+	p.st.lazy = subtract(p.st.lazy, start, end)
+}
+
+// addRange adds [start, end), which overlaps none of them, to a sorted
+// list of disjoint spans.
+func addRange(l []span, start, end uint64) []span {
+	i := 0
+	for i < len(l) && l[i].start < start {
+		i++
+	}
+	return slices.Insert(l, i, span{start, end})
+}
+
+// subtract removes [start, end) from a sorted list of disjoint spans.
+func subtract(l []span, start, end uint64) []span {
+	var out []span
+	for i, c := range l {
+		if c.end <= start || c.start >= end {
+			continue
+		}
+		out = append(out, l[:i]...)
+		for _, c := range l[i:] {
+			switch {
+			case c.end <= start || c.start >= end:
+				out = append(out, c)
+			default:
+				if c.start < start {
+					out = append(out, span{c.start, start})
+				}
+				if c.end > end {
+					out = append(out, span{end, c.end})
+				}
+			}
+		}
+		return out
+	}
+	return l
+}
 
 // free reports whether no span intersects [start, end).
 func (p *Process) free(start, end uint64) bool {
@@ -218,7 +291,17 @@ func sysMmap(p *Process, a [6]uint64) Result {
 	if e := p.addSpan(start, start+n); e != 0 {
 		return fail(e)
 	}
-	p.zero(start, start+n)
+	p.st.lazy = subtract(p.st.lazy, start, start+n)
+	if prot == unix.PROT_NONE && src == nil {
+		// A reservation: nothing can read it before mprotect or a
+		// MAP_FIXED mapping makes it accessible, so it is cleared then
+		// (reveal). The Go runtime reserves, unreserves and re-reserves
+		// 64 MiB ranges while it looks for an arena; clearing each time
+		// cost it 65 ms a start.
+		p.st.lazy = addRange(p.st.lazy, start, start+n)
+	} else {
+		p.zero(start, start+n)
+	}
 	if src != nil {
 		if _, err := p.readAt(src, p.cfg.Mem[start:start+n], int64(off)); err != nil {
 			p.removeSpans(start, start+n)
@@ -246,6 +329,7 @@ func sysMunmap(p *Process, a [6]uint64) Result {
 	// unmapped (fixed page tables): like munmap of an unmapped range, 0.
 	start, end = max(start, p.cfg.HeapStart), min(end, p.cfg.HeapEnd)
 	if start < end {
+		p.st.lazy = subtract(p.st.lazy, start, end)
 		return okOrFail(p.removeSpans(start, end))
 	}
 	return ok(0)
@@ -261,6 +345,9 @@ func sysMprotect(p *Process, a [6]uint64) Result {
 	}
 	if a[2]&unix.PROT_EXEC != 0 && start < p.cfg.HeapEnd && end > p.cfg.HeapStart {
 		return fail(unix.EPERM)
+	}
+	if a[2] != unix.PROT_NONE {
+		p.reveal(start, end)
 	}
 	return ok(0)
 }
@@ -298,6 +385,10 @@ func sysMadvise(p *Process, a [6]uint64) Result {
 func sysMremap(p *Process, a [6]uint64) Result {
 	old, oldLen, newLen, flags, newAddr := a[0], a[1], a[2], a[3], a[4]
 	const may, fixed, dontUnmap = unix.MREMAP_MAYMOVE, unix.MREMAP_FIXED, unix.MREMAP_DONTUNMAP
+	if oldLen <= 1<<47 && old <= 1<<47 {
+		// Moved or grown pages must carry cleared bytes, not stale ones.
+		p.reveal(old, old+alignUp(oldLen))
+	}
 	if flags&^uint64(may|fixed|dontUnmap) != 0 || flags&(fixed|dontUnmap) != 0 && flags&may == 0 ||
 		flags&dontUnmap != 0 || !pageAligned(old) || newLen == 0 || oldLen == 0 {
 		// MREMAP_DONTUNMAP and a zero old size (duplicating a shared

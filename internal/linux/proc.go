@@ -2,7 +2,6 @@ package linux
 
 import (
 	"errors"
-	"fmt"
 	"math"
 	"time"
 
@@ -83,21 +82,18 @@ func duration(sec, nsec int64) time.Duration {
 	return time.Duration(sec*1e9 + nsec)
 }
 
-// sleep waits d through Config.Sleep; a sleep the deadline cut short ends
-// the run (the program cannot finish in time anyway).
-func (p *Process) sleep(d time.Duration, what string) Result {
-	if d > 0 && !p.cfg.Sleep(d) {
-		return stop(fmt.Errorf("%s of %v: the request's deadline passed while sleeping", what, d))
-	}
-	return ok(0)
-}
+// sleep blocks the calling thread for d (sleepUntil): other threads run
+// meanwhile; with none to run the process sleeps on the host, and a sleep
+// the request's deadline cuts short ends the run (the program cannot
+// finish in time anyway).
+func (p *Process) sleep(d time.Duration) Result { return p.sleepUntil(p.after(d), 0) }
 
 func sysNanosleep(p *Process, a [6]uint64) Result {
 	sec, nsec, e := p.timespec(a[0])
 	if e != 0 {
 		return fail(e)
 	}
-	return p.sleep(duration(sec, nsec), "nanosleep")
+	return p.sleep(duration(sec, nsec))
 }
 
 func sysClockNanosleep(p *Process, a [6]uint64) Result {
@@ -124,7 +120,7 @@ func sysClockNanosleep(p *Process, a [6]uint64) Result {
 		now, _ := p.clock(clk)
 		d -= time.Duration(now)
 	}
-	return p.sleep(d, "clock_nanosleep")
+	return p.sleep(d)
 }
 
 func sysGetrandom(p *Process, a [6]uint64) Result {
@@ -145,7 +141,6 @@ func sysGetrandom(p *Process, a [6]uint64) Result {
 
 func sysGetpid(p *Process, a [6]uint64) Result  { return ok(pid) }
 func sysGetppid(p *Process, a [6]uint64) Result { return ok(ppid) }
-func sysGettid(p *Process, a [6]uint64) Result  { return ok(tid) }
 func sysGetuid(p *Process, a [6]uint64) Result  { return ok(uid) }
 func sysGetgid(p *Process, a [6]uint64) Result  { return ok(gid) }
 
@@ -313,13 +308,6 @@ func sysTimes(p *Process, a [6]uint64) Result {
 	return ok(ticks)
 }
 
-func sysExit(p *Process, a [6]uint64) Result { return exitWith(int(a[0] & 0xff)) }
-
-func sysSetTidAddress(p *Process, a [6]uint64) Result {
-	p.st.tidAddr = a[0]
-	return ok(tid)
-}
-
 func sysSetRobustList(p *Process, a [6]uint64) Result {
 	if a[1] != 24 { // sizeof(struct robust_list_head)
 		return fail(unix.EINVAL)
@@ -332,8 +320,7 @@ func sysZero(p *Process, a [6]uint64) Result { return ok(0) }
 func sysNosys(p *Process, a [6]uint64) Result { return fail(unix.ENOSYS) }
 
 // sysRefused answers what the sandbox forbids: no sockets, no new
-// programs or processes, no threads (phase 1), no debugging, no mounts,
-// no privilege changes.
+// programs or processes, no debugging, no mounts, no privilege changes.
 func sysRefused(p *Process, a [6]uint64) Result { return fail(unix.EPERM) }
 
 func sysNoChild(p *Process, a [6]uint64) Result { return fail(unix.ECHILD) }
@@ -388,10 +375,10 @@ func sysArchPrctl(p *Process, a [6]uint64) Result {
 		if a[1] >= 1<<47 { // not a canonical user address
 			return fail(unix.EPERM)
 		}
-		p.st.fsBase = a[1]
+		p.cur().fsBase = a[1]
 		return Result{FSBase: a[1], SetFS: true}
 	case archGetFS:
-		return okOrFail(p.put64(a[1], p.st.fsBase))
+		return okOrFail(p.put64(a[1], p.cur().fsBase))
 	case archGetCPUID:
 		return ok(1)
 	case archSetCPUID:
@@ -425,63 +412,8 @@ func sysPrctl(p *Process, a [6]uint64) Result {
 	return fail(unix.EINVAL)
 }
 
-// futex for one thread: a wait on a word that still holds the expected
-// value could only be woken by another thread, of which there are none;
-// with a timeout it is a sleep, without one it would never return. Wakes
-// wake nobody. Phase 2 (threads) replaces this.
-const (
-	futexWait       = 0
-	futexWake       = 1
-	futexWaitBitset = 9
-	futexWakeBitset = 10
-)
-
-func sysFutex(p *Process, a [6]uint64) Result {
-	const private, realtime = 128, 256
-	op := a[1] &^ (private | realtime)
-	switch op {
-	case futexWake, futexWakeBitset:
-		if a[0]%4 != 0 {
-			return fail(unix.EINVAL)
-		}
-		_, e := p.rmem(a[0], 4)
-		return okOrFail(e)
-	case futexWait, futexWaitBitset:
-		if a[0]%4 != 0 {
-			return fail(unix.EINVAL)
-		}
-		b, e := p.rmem(a[0], 4)
-		if e != 0 {
-			return fail(e)
-		}
-		if le.Uint32(b) != uint32(a[2]) {
-			return fail(unix.EAGAIN)
-		}
-		if a[3] == 0 {
-			return stop(errors.New("futex wait with no timeout and no other thread to wake it"))
-		}
-		sec, nsec, e := p.timespec(a[3])
-		if e != 0 {
-			return fail(e)
-		}
-		d := duration(sec, nsec)
-		if op == futexWaitBitset { // absolute
-			clk := uint64(unix.CLOCK_MONOTONIC)
-			if a[1]&realtime != 0 {
-				clk = unix.CLOCK_REALTIME
-			}
-			now, _ := p.clock(clk)
-			d -= time.Duration(now)
-		}
-		if r := p.sleep(d, "futex wait"); r.Action != ActionContinue {
-			return r
-		}
-		return fail(unix.ETIMEDOUT)
-	}
-	return fail(unix.ENOSYS)
-}
-
-// ---- signals: recorded, never delivered to a handler (phase 1) ----
+// ---- signals: recorded per process (dispositions) and per thread (mask,
+// alternate stack), never delivered to a handler ----
 
 const (
 	sigDFL = 0
@@ -503,11 +435,15 @@ func ignoredByDefault(sig unix.Signal) bool {
 	return false
 }
 
-// raise sends sig to the process itself. A signal that would end a Linux
-// process ends this one with status 128+sig (what a shell reports for a
-// signal death); one with a handler installed does too, because handlers
-// are not run in phase 1; a blocked one stays pending until unblocked.
-func (p *Process) raise(sig unix.Signal) Result {
+// raise sends sig to thread t of the process. A signal that would end a
+// Linux process ends this one with status 128+sig (what a shell reports
+// for a signal death); one with a handler installed does too, because
+// handlers are not run; a blocked one stays pending until unblocked
+// (pending is kept per process: an approximation for a signal blocked in
+// one thread only). Go's preemption signal, SIGURG, is ignored by default
+// and so dropped even with Go's handler installed: goroutines are then
+// preempted at their own safe points only, which Go falls back to.
+func (p *Process) raise(t *thread, sig unix.Signal) Result {
 	if sig == 0 {
 		return ok(0)
 	}
@@ -515,7 +451,7 @@ func (p *Process) raise(sig unix.Signal) Result {
 		if p.st.sigact[sig].handler == sigIGN || ignoredByDefault(sig) {
 			return ok(0)
 		}
-		if p.st.sigmask&sigbit(sig) != 0 {
+		if t.sigmask&sigbit(sig) != 0 {
 			p.st.pending |= sigbit(sig)
 			return ok(0)
 		}
@@ -537,7 +473,7 @@ func sysKill(p *Process, a [6]uint64) Result {
 	}
 	switch int32(a[0]) {
 	case 0, pid, -pid:
-		return p.raise(sig)
+		return p.raise(p.cur(), sig)
 	}
 	return fail(unix.EPERM)
 }
@@ -547,10 +483,12 @@ func sysTkill(p *Process, a [6]uint64) Result {
 	switch {
 	case e != 0 || int32(a[0]) <= 0:
 		return fail(unix.EINVAL)
-	case a[0] != tid:
-		return fail(unix.EPERM)
 	}
-	return p.raise(sig)
+	t := p.thread(a[0])
+	if t == nil {
+		return fail(unix.ESRCH)
+	}
+	return p.raise(t, sig)
 }
 
 func sysTgkill(p *Process, a [6]uint64) Result {
@@ -560,10 +498,12 @@ func sysTgkill(p *Process, a [6]uint64) Result {
 		return fail(unix.EINVAL)
 	case a[0] != pid:
 		return fail(unix.EPERM)
-	case a[1] != tid:
+	}
+	t := p.thread(a[1])
+	if t == nil {
 		return fail(unix.ESRCH)
 	}
-	return p.raise(sig)
+	return p.raise(t, sig)
 }
 
 func sysRtSigaction(p *Process, a [6]uint64) Result {
@@ -618,8 +558,9 @@ func sysRtSigprocmask(p *Process, a [6]uint64) Result {
 		}
 		m = v
 	}
+	t := p.cur()
 	if oset != 0 {
-		if e := p.put64(oset, p.st.sigmask); e != 0 {
+		if e := p.put64(oset, t.sigmask); e != 0 {
 			return fail(e)
 		}
 	}
@@ -628,19 +569,19 @@ func sysRtSigprocmask(p *Process, a [6]uint64) Result {
 	}
 	switch how {
 	case unix.SIG_BLOCK:
-		p.st.sigmask |= m
+		t.sigmask |= m
 	case unix.SIG_UNBLOCK:
-		p.st.sigmask &^= m
+		t.sigmask &^= m
 	case unix.SIG_SETMASK:
-		p.st.sigmask = m
+		t.sigmask = m
 	}
-	p.st.sigmask &^= unblockable
+	t.sigmask &^= unblockable
 	// A pending signal that is now unblocked is delivered.
-	if ready := p.st.pending &^ p.st.sigmask; ready != 0 {
+	if ready := p.st.pending &^ t.sigmask; ready != 0 {
 		for s := unix.Signal(1); s <= 64; s++ {
 			if ready&sigbit(s) != 0 {
 				p.st.pending &^= sigbit(s)
-				return p.raise(s)
+				return p.raise(t, s)
 			}
 		}
 	}
@@ -652,7 +593,7 @@ func sysRtSigpending(p *Process, a [6]uint64) Result {
 		return fail(unix.EINVAL)
 	}
 	var b [8]byte
-	le.PutUint64(b[:], p.st.pending&p.st.sigmask)
+	le.PutUint64(b[:], p.st.pending&p.cur().sigmask)
 	return okOrFail(p.put(a[0], b[:a[1]]))
 }
 
@@ -691,7 +632,7 @@ func sysSigaltstack(p *Process, a [6]uint64) Result {
 	}
 	if old != 0 {
 		b := make([]byte, 24)
-		cur := p.st.altstack
+		cur := p.cur().altstack
 		le.PutUint64(b, cur.sp)
 		le.PutUint32(b[8:], uint32(cur.flags))
 		le.PutUint64(b[16:], cur.size)
@@ -700,7 +641,7 @@ func sysSigaltstack(p *Process, a [6]uint64) Result {
 		}
 	}
 	if ss != 0 {
-		p.st.altstack = ns
+		p.cur().altstack = ns
 	}
 	return ok(0)
 }

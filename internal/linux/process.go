@@ -25,7 +25,7 @@ const _ = uint(unix.SYS_NEWFSTATAT-262) + uint(262-unix.SYS_NEWFSTATAT)
 const (
 	pid  = 2
 	ppid = 1
-	tid  = pid // one thread: the thread-group leader
+	tid  = pid // the main thread is the thread-group leader; clone numbers the others from 3
 	uid  = 1000
 	gid  = 1000
 )
@@ -88,13 +88,18 @@ type state struct {
 	stdinLeft int64 // < 0: unbounded
 	stdinEOF  bool
 
-	fsBase   uint64
-	tidAddr  uint64
-	rlim     [rlimNlimits]rlimit
-	sigact   [65]sigaction // 1..64
-	sigmask  uint64
-	pending  uint64
-	altstack altstack
+	rlim    [rlimNlimits]rlimit
+	sigact  [65]sigaction // 1..64
+	pending uint64
+
+	threads     []*thread // live, in creation order (round-robin order)
+	cur         *thread   // the one running
+	lastTid     int
+	threadsMade int
+	waitSeq     uint64
+	ioGen       uint64 // bumped when a pipe or eventfd changes (wIO)
+	clean       []span // heap ranges known to be zero (mm.go)
+	lazy        []span // PROT_NONE mappings not cleared yet (mm.go)
 
 	start time.Time
 }
@@ -145,7 +150,11 @@ func newProcess(cfg Config) *Process {
 	st.umask = 0o022
 	st.tmp = newTmpfs()
 	st.stdinLeft = cfg.StdinLen
-	st.altstack.flags = ssDisable
+	main := p.newThread(tid)
+	st.threads, st.cur, st.lastTid = []*thread{main}, main, tid
+	if cfg.HeapZero && hs < he {
+		st.clean = []span{{hs, he}}
+	}
 	st.start = cfg.Now()
 	for i := range st.rlim {
 		st.rlim[i] = rlimit{unix.RLIM_INFINITY, unix.RLIM_INFINITY}
@@ -167,11 +176,18 @@ func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
 
 func (p *Process) call(nr uint64, a [6]uint64) Result {
 	p.st.ncalls++
+	if p.st.cur == nil {
+		return stop(errThreadGone)
+	}
 	var r Result
 	if nr < uint64(len(table)) && table[nr] != nil {
 		r = table[nr](p, a)
 	} else {
 		r = fail(unix.ENOSYS)
+	}
+	if r.Action == ActionStop && errors.Is(r.Err, errBlockForever) && len(p.st.threads) > 1 {
+		// Another thread may fill or drain it: wait, then try again.
+		r = p.blockIO(nr, noDeadline, 0)
 	}
 	if r.Action == ActionContinue && (r.Ret == errno(unix.ENOSYS) || r.Ret == errno(unix.EPERM)) {
 		p.st.unknown[sysName(nr)]++
@@ -224,7 +240,7 @@ func (p *Process) SetStackSize(n uint64) { p.st.rlim[unix.RLIMIT_STACK].cur = n 
 
 // FSBase is the FS base the program last set with arch_prctl (0 if none),
 // for a monitor that saves and restores it.
-func (p *Process) FSBase() uint64 { return p.st.fsBase }
+func (p *Process) FSBase() uint64 { return p.st.cur.fsBase }
 
 func sysName(nr uint64) string {
 	if n, ok := sysNames[nr]; ok {
