@@ -27,27 +27,7 @@ func BenchmarkHello(b *testing.B) {
 	for _, name := range []string{"hello", "go-hello", "go-fast-hello"} {
 		b.Run(name, func(b *testing.B) {
 			im := prepare(b, name, machine.Limits{})
-			var out bytes.Buffer
-			lat := make(latencies, 0, b.N)
-			req := &machine.Request{Args: []string{"/hello"}, Env: helloEnv}
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				out.Reset()
-				t0 := time.Now()
-				m, err := im.NewMachine()
-				if err != nil {
-					b.Fatal(err)
-				}
-				res := m.Run(context.Background(), req, &out, io.Discard)
-				m.Close()
-				lat = append(lat, time.Since(t0))
-				if res.Outcome != machine.Served || !bytes.HasSuffix(out.Bytes(), []byte("Hello, world!\n")) {
-					b.Fatalf("%v %q", res.Err(), out.Bytes())
-				}
-			}
-			b.StopTimer()
-			lat.Report(b)
+			benchFresh(b, im, &machine.Request{Args: []string{"/hello"}, Env: helloEnv}, helloOK)
 		})
 	}
 }
@@ -74,27 +54,7 @@ func BenchmarkReseed(b *testing.B) {
 		b.Run(c.name, func(b *testing.B) {
 			im.randRegions = c.regions
 			defer func() { im.randRegions = regions }()
-			var out bytes.Buffer
-			lat := make(latencies, 0, b.N)
-			req := &machine.Request{Args: []string{"/hello"}, Env: helloEnv}
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				out.Reset()
-				t0 := time.Now()
-				m, err := im.NewMachine()
-				if err != nil {
-					b.Fatal(err)
-				}
-				res := m.Run(context.Background(), req, &out, io.Discard)
-				m.Close()
-				lat = append(lat, time.Since(t0))
-				if res.Outcome != machine.Served || !bytes.HasSuffix(out.Bytes(), []byte("Hello, world!\n")) {
-					b.Fatalf("%v %q", res.Err(), out.Bytes())
-				}
-			}
-			b.StopTimer()
-			lat.Report(b)
+			benchFresh(b, im, &machine.Request{Args: []string{"/hello"}, Env: helloEnv}, helloOK)
 		})
 	}
 	b.Run("write", func(b *testing.B) {
@@ -112,4 +72,33 @@ func BenchmarkReseed(b *testing.B) {
 			}
 		}
 	})
+}
+
+// benchFresh serves req on a new instance per iteration (NewMachine, Run,
+// Close, all timed) and reports the latency; ok checks every answer.
+func benchFresh(b *testing.B, im *Image, req *machine.Request, ok func(machine.Result, []byte) bool) {
+	var out bytes.Buffer
+	lat := make(latencies, 0, b.N)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		out.Reset()
+		t0 := time.Now()
+		m, err := im.NewMachine()
+		if err != nil {
+			b.Fatal(err)
+		}
+		res := m.Run(context.Background(), req, &out, io.Discard)
+		m.Close()
+		lat = append(lat, time.Since(t0))
+		if !ok(res, out.Bytes()) {
+			b.Fatalf("%v status %d %q", res.Err(), res.ExitStatus, out.Bytes())
+		}
+	}
+	b.StopTimer()
+	lat.Report(b)
+}
+
+func helloOK(res machine.Result, out []byte) bool {
+	return res.Outcome == machine.Served && bytes.HasSuffix(out, []byte("Hello, world!\n"))
 }

@@ -2,12 +2,9 @@ package wasm
 
 import (
 	"bytes"
-	"context"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -100,26 +97,9 @@ func benchExit(b *testing.B, name string, im *Image) {
 	for _, q := range []string{"return", "exit"} {
 		b.Run(name+"/"+q, func(b *testing.B) {
 			req := &machine.Request{Env: []string{"QUERY_STRING=" + q}}
-			var out bytes.Buffer
-			lat := make(latencies, 0, b.N)
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				out.Reset()
-				t0 := time.Now()
-				m, err := im.NewMachine()
-				if err != nil {
-					b.Fatal(err)
-				}
-				res := m.Run(context.Background(), req, &out, io.Discard)
-				m.Close()
-				lat = append(lat, time.Since(t0))
-				if res.Outcome != machine.Served || res.ExitStatus != 0 || !strings.HasSuffix(out.String(), "deep\n") {
-					b.Fatalf("%v status %d %q", res.Err(), res.ExitStatus, out.String())
-				}
-			}
-			b.StopTimer()
-			lat.Report(b)
+			benchFresh(b, im, req, func(res machine.Result, out []byte) bool {
+				return res.Outcome == machine.Served && res.ExitStatus == 0 && bytes.HasSuffix(out, []byte("deep\n"))
+			})
 		})
 	}
 }

@@ -2,8 +2,6 @@ package wasm
 
 import (
 	"bytes"
-	"context"
-	"io"
 	"os"
 	"strings"
 	"testing"
@@ -108,26 +106,9 @@ func benchLua(b *testing.B, name string, im *Image) {
 	for _, q := range []string{"return", "exit"} {
 		b.Run(name+q, func(b *testing.B) {
 			req := &machine.Request{Args: luaArgs, Env: []string{"REQUEST_METHOD=GET", "QUERY_STRING=" + q}}
-			var out bytes.Buffer
-			lat := make(latencies, 0, b.N)
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				out.Reset()
-				t0 := time.Now()
-				m, err := im.NewMachine()
-				if err != nil {
-					b.Fatal(err)
-				}
-				res := m.Run(context.Background(), req, &out, io.Discard)
-				m.Close()
-				lat = append(lat, time.Since(t0))
-				if res.Outcome != machine.Served || res.ExitStatus != 0 || !bytes.HasSuffix(out.Bytes(), []byte(" via GET\n")) {
-					b.Fatalf("%v status %d %q", res.Err(), res.ExitStatus, out.Bytes())
-				}
-			}
-			b.StopTimer()
-			lat.Report(b)
+			benchFresh(b, im, req, func(res machine.Result, out []byte) bool {
+				return res.Outcome == machine.Served && res.ExitStatus == 0 && bytes.HasSuffix(out, []byte(" via GET\n"))
+			})
 		})
 	}
 }
