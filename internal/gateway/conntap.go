@@ -90,6 +90,14 @@ func (c *tapConn) head(bodyLen int64) ([]byte, bool) {
 	if c.lost {
 		return nil, false
 	}
+	// Go's server skips empty lines before a request line (after a POST,
+	// clients may send a stray CRLF); so does the tap.
+	lead := 0
+	for lead < len(c.buf) && (c.buf[lead] == '\r' || c.buf[lead] == '\n') {
+		lead++
+	}
+	c.next += int64(lead)
+	c.buf = c.buf[lead:]
 	end := headEnd(c.buf)
 	if end < 0 {
 		c.lost = true

@@ -72,6 +72,9 @@ func (s *Server) fail(w http.ResponseWriter, app, id string, status int, reason 
 	if status == 499 {
 		return // nobody is listening
 	}
+	// Whatever deadline the request had (it may have spent it queueing),
+	// its answer gets its own short one.
+	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(finishGrace))
 	w.WriteHeader(status)
 	fmt.Fprintf(w, "%d %s: %s (request %s)\n", status, http.StatusText(status), reason, id)
 	if status >= 500 {
@@ -169,6 +172,13 @@ func (s *Server) checkFraming(w http.ResponseWriter, r *http.Request, id string)
 		s.fail(w, "", id, http.StatusBadRequest, "the request has both Content-Length and Transfer-Encoding")
 		return false
 	}
+	if !ok && chunked {
+		// A chunked request whose head the tap cannot vouch for may carry
+		// a Content-Length that Go's parser removed: refuse it rather
+		// than guess.
+		s.fail(w, "", id, http.StatusBadRequest, "a chunked request on a connection whose framing cannot be verified; send it on a new connection")
+		return false
+	}
 	return true
 }
 
@@ -229,14 +239,15 @@ func (s *Server) serveOn(a *liveApp, w http.ResponseWriter, rc *http.ResponseCon
 		return http.StatusRequestEntityTooLarge, "body too large"
 	}
 	// The app's deadline covers the whole request: reading the body,
-	// running, writing the response. A read deadline is set only while a
+	// running, writing the response. The body's first part must arrive
+	// within it from the start; the machine gets it again from when it
+	// starts (a request may wait up to queue_wait for admission, and that
+	// wait is bounded on its own). A read deadline is set only while a
 	// body is being read: once set, it also ends Go's watch for a vanished
 	// client, which would cancel the request.
 	timeout := a.img.Limits().Timeout
-	deadline := start.Add(timeout).Add(ioGrace)
-	rc.SetWriteDeadline(deadline)
 	if r.ContentLength != 0 {
-		rc.SetReadDeadline(deadline)
+		rc.SetReadDeadline(start.Add(timeout).Add(ioGrace))
 	}
 	in, err := s.preread(w, rc, r, a)
 	if err != nil {
@@ -295,6 +306,11 @@ func (s *Server) serveOn(a *liveApp, w http.ResponseWriter, rc *http.ResponseCon
 	logw := s.logs.writer(a.name, id)
 	if se := a.secrets.Load(); se != nil {
 		logw.redact = se.redact
+	}
+	runDeadline := time.Now().Add(timeout).Add(ioGrace)
+	rc.SetWriteDeadline(runDeadline)
+	if in.clear != nil { // the rest of the body streams in while the machine runs
+		rc.SetReadDeadline(runDeadline)
 	}
 	res = m.Run(r.Context(), req, parser, logw)
 	ran = true

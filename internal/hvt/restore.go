@@ -150,9 +150,9 @@ func pagemapFile() (*os.File, error) {
 
 // Page map entry bits (Documentation/admin-guide/mm/pagemap.rst).
 const (
-	pmPresent   = 1 << 63
-	pmFile      = 1 << 61 // file page or shared anonymous
-	pmExclusive = 1 << 56 // mapped by this process only
+	pmPresent = 1 << 63
+	pmFile    = 1 << 61 // file page or shared anonymous
+	pmSwapped = 1 << 62
 )
 
 var zeroPage [pageSize]byte
@@ -165,6 +165,7 @@ var zeroPage [pageSize]byte
 const (
 	pageIsFile    = 1 << 2
 	pageIsPresent = 1 << 3
+	pageIsSwapped = 1 << 4
 	pageIsPFNZero = 1 << 5
 )
 
@@ -199,9 +200,14 @@ func (m *Machine) writtenRanges(f *os.File) (rs []pageRegion, ok bool, err error
 		arg := pmScanArg{
 			Size: uint64(unsafe.Sizeof(pmScanArg{})), Start: start, End: end,
 			Vec: uint64(uintptr(unsafe.Pointer(&m.regions[0]))), VecLen: uint64(len(m.regions)),
-			CategoryInverted: pageIsFile | pageIsPFNZero,
-			CategoryMask:     pageIsPresent | pageIsFile | pageIsPFNZero,
-			ReturnMask:       pageIsPresent,
+			// Neither the template's file pages nor the zero page, and
+			// present or swapped out: a private page the kernel swapped
+			// (or is migrating: that too is a swap entry) holds bytes
+			// a request wrote just as a present one does.
+			CategoryInverted:  pageIsFile | pageIsPFNZero,
+			CategoryMask:      pageIsFile | pageIsPFNZero,
+			CategoryAnyofMask: pageIsPresent | pageIsSwapped,
+			ReturnMask:        pageIsPresent | pageIsSwapped,
 		}
 		n, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), pagemapScan, uintptr(unsafe.Pointer(&arg)))
 		switch e {
@@ -261,8 +267,8 @@ func (m *Machine) restoreMemory() (compared, copied int, err error) {
 	}
 	for i := range n {
 		e := binary.LittleEndian.Uint64(buf[8*i:])
-		if e&pmPresent == 0 || e&pmFile != 0 || e&pmExclusive == 0 {
-			continue // the template's page, the zero page or absent: pristine
+		if e&(pmPresent|pmSwapped) == 0 || e&pmFile != 0 {
+			continue // the template's page or absent: pristine (the zero page is compared, cheaply)
 		}
 		compared++
 		if m.restorePage(i * pageSize) {

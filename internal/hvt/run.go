@@ -63,8 +63,12 @@ type Machine struct {
 	// (completePending).
 	completed   bool
 	completeErr error
-	// proc: the last request's Linux process (LinuxCalls).
-	proc syscaller
+	// proc: the running request's Linux process; once the run is over
+	// only its counts are kept (LinuxCalls), so that an idle restored
+	// machine holds none of the last request's files, pipes or buffers.
+	proc        syscaller
+	lastCalls   int
+	lastUnknown map[string]int
 }
 
 // Close destroys the VM: kvm_run mapping, vCPU and VM descriptors (the
@@ -105,10 +109,17 @@ func (m *Machine) Close() error {
 // kick stops a running vCPU: immediate_exit makes a KVM_RUN that has not
 // started yet return at once, the signal interrupts one that is spinning.
 // The thread is signalled only while it is still running this VM.
-func (m *Machine) kick() {
-	m.kicked.Store(true)
+//
+// gen is the life (restore count) the kick was armed in: context.AfterFunc
+// runs it on its own goroutine, which may start just as the run ends, and
+// a kick that lands after a restore must not stop the next request.
+func (m *Machine) kick(gen int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if gen != m.runs {
+		return
+	}
+	m.kicked.Store(true)
 	if !m.running {
 		return
 	}
@@ -167,7 +178,10 @@ func (m *Machine) Run(ctx context.Context, req *machine.Request, stdout, stderr 
 	ctx, cancel := context.WithTimeout(ctx, s.limits.Timeout)
 	defer cancel()
 	s.ctx = ctx
-	stop := context.AfterFunc(ctx, m.kick)
+	m.mu.Lock()
+	gen := m.runs
+	m.mu.Unlock()
+	stop := context.AfterFunc(ctx, func() { m.kick(gen) })
 	lap("arm deadline")
 	if err := s.place(req); err != nil {
 		stop()
@@ -213,6 +227,11 @@ func (m *Machine) Run(ctx context.Context, req *machine.Request, stdout, stderr 
 	if err != nil {
 		s.end(machine.InternalError, "no vCPU thread")
 		s.res.Cause = err
+	}
+	if m.proc != nil {
+		m.lastCalls, m.lastUnknown = m.proc.Calls(), m.proc.Unknown()
+		m.proc.Close()
+		m.proc, s.proc = nil, nil
 	}
 
 	lap("run on vCPU thread, disarm deadline")

@@ -63,6 +63,9 @@ func sysEpollCreate1(p *Process, a [6]uint64) Result {
 }
 
 func (p *Process) epollCreate(flags uint64) Result {
+	if p.live(func(f *ofile) bool { return f.ep != nil }) >= maxEpolls {
+		return fail(unix.EMFILE)
+	}
 	f := p.newOfile(node{kind: kEpoll, path: "anon_inode:[eventpoll]"}, unix.O_RDWR)
 	f.ep = &epoll{}
 	fd, e := p.install(f, 0, flags&unix.EPOLL_CLOEXEC != 0)

@@ -333,6 +333,25 @@ type pipe struct {
 
 const pipeCap = 64 << 10
 
+// Kernel objects a process may hold at once. Their buffers are host
+// memory, so they are bounded per process rather than per descriptor:
+// 64 pipes hold at most 4 MiB, 16 epoll instances 16 × 1024 registrations.
+const (
+	maxPipes  = 64
+	maxEpolls = 16
+)
+
+// live counts the distinct open objects for which is reports true.
+func (p *Process) live(is func(*ofile) bool) int {
+	seen := map[*ofile]bool{}
+	for _, d := range p.st.fds {
+		if d != nil && is(d.f) {
+			seen[d.f] = true
+		}
+	}
+	return len(seen)
+}
+
 // errBlockForever: a blocking transfer on a pipe or eventfd that cannot
 // proceed now. With other threads the caller waits for a change and
 // retries (Process.call); alone, or when every thread waits, nothing can

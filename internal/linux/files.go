@@ -921,6 +921,10 @@ func (p *Process) pipe2(addr, flags uint64) Result {
 	if _, e := p.wmem(addr, 8); e != 0 {
 		return fail(e)
 	}
+	// Both ends are counted: a pipe is two open objects.
+	if p.live(func(f *ofile) bool { return f.pipe != nil }) >= 2*maxPipes {
+		return fail(unix.EMFILE)
+	}
 	q := &pipe{readers: 1, writers: 1}
 	status := int(flags) & unix.O_NONBLOCK
 	r := p.newOfile(node{kind: kPipe, path: "pipe:"}, unix.O_RDONLY|status)
