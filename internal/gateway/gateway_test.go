@@ -544,3 +544,37 @@ func TestIdleConnectionClosed(t *testing.T) {
 		t.Fatalf("idle connection closed after %v, timeout 200ms", el)
 	}
 }
+
+// A static Linux program's refused system calls are counted per app and
+// logged once per request.
+func TestUnsupportedSyscallsCounted(t *testing.T) {
+	ts := start(t, t.TempDir())
+	dir := t.TempDir()
+	src := filepath.Join(dir, "odd.c")
+	os.WriteFile(src, []byte(`#include <stdio.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+int main(void){ syscall(999); syscall(SYS_socket, 2, 1, 0); printf("Content-Type: text/plain\r\n\r\nok\n"); return 0; }`), 0o644)
+	bin := filepath.Join(dir, "odd")
+	if out, err := exec.Command("gcc", "-static", "-O2", "-o", bin, src).CombinedOutput(); err != nil {
+		t.Skipf("no static glibc toolchain: %v\n%s", err, out)
+	}
+	img, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.deploy(t, "odd", img, store.Settings{Route: "/odd"})
+	if resp, body := get(t, "GET", ts.url+"/odd", nil, "X-Request-Id", "odd-1"); resp.StatusCode != 200 || body != "ok\n" {
+		t.Fatalf("odd: %d %q", resp.StatusCode, body)
+	}
+	_, metrics := get(t, "GET", ts.admin+"/metrics", nil, "Authorization", "Bearer "+ts.Token())
+	for _, want := range []string{`dust_syscalls_unsupported_total{app="odd",call="unknown"} 1`, `dust_syscalls_unsupported_total{app="odd",call="socket"} 1`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	_, logs := get(t, "GET", ts.admin+"/v1/apps/odd/logs", nil, "Authorization", "Bearer "+ts.Token())
+	if !strings.Contains(logs, "odd-1") || !strings.Contains(logs, "socket×1") || !strings.Contains(logs, "syscall_999×1") {
+		t.Errorf("app log lacks the refused calls: %q", logs)
+	}
+}

@@ -28,6 +28,7 @@ type metrics struct {
 	restored      *prometheus.CounterVec
 	restoreErrors *prometheus.CounterVec
 	appInfo       *prometheus.GaugeVec
+	unsupported   *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -66,10 +67,12 @@ func newMetrics() *metrics {
 			Help: "Machines whose restore failed; they were destroyed instead."}, []string{"app"}),
 		appInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "dust_app_info",
 			Help: "1 per live app; isolation is the mode its machines actually get (restore or fresh)."}, []string{"app", "kind", "isolation"}),
+		unsupported: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "dust_syscalls_unsupported_total",
+			Help: "System calls of Linux guests answered ENOSYS or refused with EPERM, by name (unknown numbers as \"unknown\")."}, []string{"app", "call"}),
 	}
 	m.reg.MustRegister(m.requests, m.latency, m.prepare, m.coldStart, m.run, m.exits,
 		m.poolHits, m.poolMisses, m.poolReady, m.live, m.queue, m.bytesIn, m.bytesOut,
-		m.restored, m.restoreErrors, m.appInfo,
+		m.restored, m.restoreErrors, m.appInfo, m.unsupported,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }
@@ -87,7 +90,7 @@ func (m *metrics) forgetApp(app string) {
 	l := prometheus.Labels{"app": app}
 	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
 		m.requests, m.latency, m.run, m.exits, m.poolHits, m.poolMisses, m.poolReady,
-		m.queue, m.bytesIn, m.bytesOut, m.restored, m.restoreErrors, m.appInfo,
+		m.queue, m.bytesIn, m.bytesOut, m.restored, m.restoreErrors, m.appInfo, m.unsupported,
 	} {
 		v.DeletePartialMatch(l)
 	}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -322,6 +323,7 @@ func (s *Server) serveOn(a *liveApp, w http.ResponseWriter, rc *http.ResponseCon
 	rc.SetWriteDeadline(time.Now().Add(finishGrace))
 	s.met.run.WithLabelValues(a.name).Observe(res.RunTime.Seconds())
 	s.met.exits.WithLabelValues(a.name).Add(float64(res.Exits))
+	s.noteUnsupported(a, id, res.Unsupported)
 	s.met.bytesIn.WithLabelValues(a.name).Add(float64(in.n))
 
 	// A guest that exits non-zero has said its answer cannot be trusted,
@@ -590,3 +592,31 @@ func (l *lineWriter) Flush() {
 		l.emit()
 	}
 }
+
+// noteUnsupported counts per app the system calls a Linux guest was
+// refused and logs them once per request, in the server's log and the
+// app's: the first thing to look at when a program that works elsewhere
+// fails here. Names outside the table ("syscall_N") are counted as one
+// label, so a guest cannot grow the metrics without bound.
+func (s *Server) noteUnsupported(a *liveApp, id string, calls map[string]int) {
+	if len(calls) == 0 {
+		return
+	}
+	names := make([]string, 0, len(calls))
+	for name, n := range calls {
+		label := name
+		if strings.HasPrefix(name, "syscall_") {
+			label = "unknown"
+		}
+		s.met.unsupported.WithLabelValues(a.name, label).Add(float64(n))
+		names = append(names, fmt.Sprintf("%s×%d", name, n))
+	}
+	sort.Strings(names)
+	if len(names) > 32 {
+		names = append(names[:32], fmt.Sprintf("and %d more", len(names)-32))
+	}
+	list := strings.Join(names, " ")
+	s.log.Info("unsupported system calls", "request_id", id, "app", a.name, "calls", list)
+	s.logs.add(a.name, id, sourceDust, "dust: system calls answered ENOSYS or EPERM: "+list)
+}
+

@@ -230,6 +230,7 @@ func (m *Machine) Run(ctx context.Context, req *machine.Request, stdout, stderr 
 	}
 	if m.proc != nil {
 		m.lastCalls, m.lastUnknown = m.proc.Calls(), m.proc.Unknown()
+		s.res.Syscalls, s.res.Unsupported = m.lastCalls, m.lastUnknown
 		m.proc.Close()
 		m.proc, s.proc = nil, nil
 	}

@@ -220,6 +220,10 @@ type Result struct {
 	StderrBytes int64
 	RunTime     time.Duration // from entry to the end of the run
 	MemoryBytes int64         // host memory the machine touched, where known
+	// Syscalls counts the system calls a Linux guest made (hvt);
+	// Unsupported those answered ENOSYS or refused with EPERM, by name.
+	Syscalls    int
+	Unsupported map[string]int
 }
 
 // Err returns nil for Served, otherwise an *OutcomeError.
