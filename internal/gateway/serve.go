@@ -619,4 +619,3 @@ func (s *Server) noteUnsupported(a *liveApp, id string, calls map[string]int) {
 	s.log.Info("unsupported system calls", "request_id", id, "app", a.name, "calls", list)
 	s.logs.add(a.name, id, sourceDust, "dust: system calls answered ENOSYS or EPERM: "+list)
 }
-
