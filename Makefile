@@ -11,7 +11,7 @@ all: build examples
 
 build:
 	@mkdir -p bin
-	$(GO) build -o $(BIN) ./cmd/dust
+	$(GO) build -buildvcs=auto -o $(BIN) ./cmd/dust
 
 # libdust examples (examples/NAME/NAME.elf), then the ordinary static
 # Linux programs (examples/linux/linux.mk: gcc -static, musl-gcc, Lua).
