@@ -77,33 +77,39 @@ func BenchmarkHello(b *testing.B) {
 		// The same C program, linked statically against glibc, started
 		// per request with clone(CLONE_VM|CLONE_VFORK)+execve (what
 		// posix_spawn does), stdout through a pipe.
-		bin := staticHello(b)
-		attr := &syscall.ProcAttr{Env: helloEnv}
-		buf := make([]byte, 4096)
-		lat := make(latencies, 0, b.N)
-		for i := 0; i < b.N; i++ {
-			t0 := time.Now()
-			r, w, err := os.Pipe()
-			if err != nil {
-				b.Fatal(err)
-			}
-			attr.Files = []uintptr{0, w.Fd(), 2}
-			pid, err := syscall.ForkExec(bin, []string{bin}, attr)
-			w.Close()
-			if err != nil {
-				b.Fatal(err)
-			}
-			n, _ := io.ReadFull(r, buf)
-			r.Close()
-			var ws syscall.WaitStatus
-			syscall.Wait4(pid, &ws, 0, nil)
-			lat = append(lat, time.Since(t0))
-			if !bytes.HasSuffix(buf[:n], []byte("Hello, world!\n")) || ws.ExitStatus() != 0 {
-				b.Fatalf("spawned hello: %q status %d", buf[:n], ws.ExitStatus())
-			}
-		}
-		lat.Report(b)
+		spawnBench(b, staticHello(b)).Report(b)
 	})
+}
+
+// spawnBench starts bin per request with clone(CLONE_VM|CLONE_VFORK)+execve
+// (what posix_spawn does), reads its stdout through a pipe, checks it said
+// hello and returns the latencies.
+func spawnBench(b *testing.B, bin string) latencies {
+	attr := &syscall.ProcAttr{Env: helloEnv}
+	buf := make([]byte, 4096)
+	lat := make(latencies, 0, b.N)
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		r, w, err := os.Pipe()
+		if err != nil {
+			b.Fatal(err)
+		}
+		attr.Files = []uintptr{0, w.Fd(), 2}
+		pid, err := syscall.ForkExec(bin, []string{bin}, attr)
+		w.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
+		n, _ := io.ReadFull(r, buf)
+		r.Close()
+		var ws syscall.WaitStatus
+		syscall.Wait4(pid, &ws, 0, nil)
+		lat = append(lat, time.Since(t0))
+		if !bytes.HasSuffix(buf[:n], []byte("Hello, world!\n")) || ws.ExitStatus() != 0 {
+			b.Fatalf("spawned hello: %q status %d", buf[:n], ws.ExitStatus())
+		}
+	}
+	return lat
 }
 
 func waitReady(p *machine.Pool, n int) {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"os"
 	"slices"
 	"strconv"
 	"syscall"
@@ -56,31 +55,8 @@ func BenchmarkLinux(b *testing.B) {
 			lat.Report(b)
 		})
 		b.Run("posix-spawn-"+tc.name, func(b *testing.B) {
-			attr := &syscall.ProcAttr{Env: helloEnv}
-			buf := make([]byte, 4096)
-			lat := make(latencies, 0, b.N)
 			cpu0 := cpuTime() + childCPU()
-			for i := 0; i < b.N; i++ {
-				t0 := time.Now()
-				r, w, err := os.Pipe()
-				if err != nil {
-					b.Fatal(err)
-				}
-				attr.Files = []uintptr{0, w.Fd(), 2}
-				pid, err := syscall.ForkExec(bin, []string{bin}, attr)
-				w.Close()
-				if err != nil {
-					b.Fatal(err)
-				}
-				n, _ := io.ReadFull(r, buf)
-				r.Close()
-				var ws syscall.WaitStatus
-				syscall.Wait4(pid, &ws, 0, nil)
-				lat = append(lat, time.Since(t0))
-				if !bytes.HasSuffix(buf[:n], []byte("Hello, world!\n")) || ws.ExitStatus() != 0 {
-					b.Fatalf("spawned hello: %q status %d", buf[:n], ws.ExitStatus())
-				}
-			}
+			lat := spawnBench(b, bin)
 			// The child's CPU is the request's cost too.
 			b.ReportMetric(float64((cpuTime()+childCPU()-cpu0).Microseconds())/float64(b.N), "cpu-µs/req")
 			lat.Report(b)
