@@ -327,6 +327,43 @@ func (s *Server) dropImages(digests ...string) {
 	for _, d := range removed {
 		s.log.Info("image removed", "digest", d)
 	}
+	if len(removed) > 0 {
+		s.pruneKinds()
+	}
+}
+
+// pruneKinds has every kind that keeps per-image state on disk (the wasm
+// compilation cache) drop what belongs to images no version of any app
+// uses any more. The caller holds pinMu, so deploys in progress are in
+// pins and their images are kept.
+func (s *Server) pruneKinds() {
+	apps, err := s.store.List()
+	if err != nil {
+		s.log.Warn("pruning: listing apps", "err", err)
+		return
+	}
+	keep := make([]string, 0, len(apps)+len(s.pins))
+	for _, a := range apps {
+		for _, v := range a.History {
+			keep = append(keep, v.Digest)
+		}
+	}
+	for d := range s.pins {
+		keep = append(keep, d)
+	}
+	for name, k := range s.cfg.Kinds {
+		p, ok := k.(machine.Pruner)
+		if !ok {
+			continue
+		}
+		freed, err := p.Prune(keep)
+		if err != nil {
+			s.log.Warn("pruning", "kind", name, "err", err)
+		}
+		if freed > 0 {
+			s.log.Info("pruned per-image state", "kind", name, "bytes", freed)
+		}
+	}
 }
 
 // collectGarbage runs the store's GC now and then, for images left behind
@@ -338,6 +375,7 @@ func (s *Server) collectGarbage() {
 	for {
 		s.pinMu.Lock()
 		removed, err := s.store.GC()
+		s.pruneKinds()
 		s.pinMu.Unlock()
 		if err != nil {
 			s.log.Warn("image gc", "err", err)
@@ -644,26 +682,34 @@ func (s *Server) RollbackTo(name string, n int) (store.App, error) {
 
 func (s *Server) apiDelete(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	s.deployMu.Lock()
-	old, err := s.store.Get(name)
-	if err == nil {
-		err = s.store.Delete(name)
-	}
-	if err == nil {
-		s.swap(name, nil)
-		s.logs.remove(name)
-		var digests []string
-		for _, v := range old.History {
-			digests = append(digests, v.Digest)
-		}
-		s.dropImages(digests...)
-	}
-	s.deployMu.Unlock()
-	if err != nil {
+	if err := s.Remove(name); err != nil {
 		s.apiError(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"deleted": name})
+}
+
+// Remove deletes app name: its versions, its logs, and the disk its images
+// and their per-kind state (compiled code) took, unless another app uses
+// them. Requests already running finish.
+func (s *Server) Remove(name string) error {
+	s.deployMu.Lock()
+	defer s.deployMu.Unlock()
+	old, err := s.store.Get(name)
+	if err == nil {
+		err = s.store.Delete(name)
+	}
+	if err != nil {
+		return err
+	}
+	s.swap(name, nil)
+	s.logs.remove(name)
+	var digests []string
+	for _, v := range old.History {
+		digests = append(digests, v.Digest)
+	}
+	s.dropImages(digests...)
+	return nil
 }
 
 // AppStatus is what the admin API reports about a live app.

@@ -3,7 +3,11 @@ package gateway
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -239,5 +243,35 @@ func TestEffectiveIsolationMatchesKinds(t *testing.T) {
 		if got := effectiveIsolation(name, machine.IsolationFresh); got != machine.IsolationFresh {
 			t.Errorf("%s in fresh mode: effective %q", name, got)
 		}
+	}
+}
+
+// Removing an app gives back its wasm compiled code too, not only its
+// image: the kind's per-image cache directory goes with the last version
+// that used it.
+func TestRemovedAppPrunesCompiledCode(t *testing.T) {
+	kvmtest.Require(t)
+	cache := t.TempDir()
+	s, err := New(Config{DataDir: t.TempDir(),
+		Kinds: map[string]machine.Kind{"wasm": wasm.Kind{Options: wasm.Options{CacheDir: cache}}},
+		Detect: func([]byte) (string, error) { return "wasm", nil },
+		Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	img := wasmExample(t, "hello")
+	if _, err := s.Deploy("a", bytes.NewReader(img), store.Settings{Route: "/a"}); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(cache, "sha256-"+strings.TrimPrefix(wasm.ImageDigest(img), "sha256:"))
+	if _, err := os.Stat(dir); err != nil {
+		t.Fatalf("no compiled code for the deployed image: %v", err)
+	}
+	if err := s.Remove("a"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("compiled code of a removed app still on disk: %v", err)
 	}
 }

@@ -122,6 +122,15 @@ type Resetter interface {
 	Reset() error
 }
 
+// Pruner is implemented by kinds that keep per-image state on disk beyond
+// the store's images (the wasm kind's compiled code). Prune removes what
+// belongs to images whose digests (the store's "sha256:<hex>") are not in
+// keep, and reports the bytes it freed. keep must name every image that is
+// prepared or being prepared.
+type Pruner interface {
+	Prune(keep []string) (freed int64, err error)
+}
+
 // Isolation modes: how a machine is made pristine for each request.
 const (
 	// IsolationRestore reuses a machine after restoring it to the

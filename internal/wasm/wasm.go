@@ -75,6 +75,15 @@ type Kind struct{ Options Options }
 // Name implements machine.Kind.
 func (Kind) Name() string { return KindName }
 
+// Prune implements machine.Pruner: the compiled code of images not in
+// keep leaves the on-disk cache (PruneCache).
+func (k Kind) Prune(keep []string) (int64, error) {
+	if k.Options.NoDiskCache {
+		return 0, nil
+	}
+	return PruneCache(k.Options.CacheDir, keep)
+}
+
 // Prepare implements machine.Kind.
 func (k Kind) Prepare(image []byte, limits machine.Limits) (machine.Image, error) {
 	return Prepare(image, limits, k.Options)
