@@ -253,7 +253,7 @@ func TestRemovedAppPrunesCompiledCode(t *testing.T) {
 	kvmtest.Require(t)
 	cache := t.TempDir()
 	s, err := New(Config{DataDir: t.TempDir(),
-		Kinds: map[string]machine.Kind{"wasm": wasm.Kind{Options: wasm.Options{CacheDir: cache}}},
+		Kinds:  map[string]machine.Kind{"wasm": wasm.Kind{Options: wasm.Options{CacheDir: cache}}},
 		Detect: func([]byte) (string, error) { return "wasm", nil },
 		Logger: testLogger()})
 	if err != nil {
