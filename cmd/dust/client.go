@@ -233,6 +233,28 @@ settings the current version already has makes no new version.`,
 			}
 		},
 	},
+	"gc": {
+		synopsis: "[flags]",
+		about: `Gives disk back now: deletes the images no version of any app uses (uploaded
+more than 15 minutes ago, so deploys in progress keep theirs) and the
+compiled code of images no kept version uses, and says how much it freed.
+The server does the same by itself every hour and whenever it removes an
+app or refuses a deploy.`,
+		example: "  dust gc\n  dust gc --json",
+		flags: func(f *cmdFlags) func(*adminClient, []string, io.Writer, io.Writer) error {
+			asJSON := f.Bool("json", false, "print the API's JSON")
+			return func(c *adminClient, _ []string, stdout, _ io.Writer) error {
+				var res gateway.GCResult
+				raw, err := c.call("POST", "/v1/gc", nil, nil, &res)
+				if err != nil || *asJSON {
+					stdout.Write(raw)
+					return err
+				}
+				fmt.Fprintf(stdout, "images removed: %d (%s); compiled code pruned: %s\n", res.ImagesRemoved, res.ImageBytes, res.CompiledBytes)
+				return nil
+			}
+		},
+	},
 	"logs": {
 		synopsis: "NAME [-f] [--since DURATION] [flags]",
 		about: `Prints app NAME's log: what its machines wrote to stderr, and a line from

@@ -16,13 +16,14 @@ import (
 const usage = `usage: dust <command> [flags]
 
 commands:
-  run IMAGE            run one request through one fresh machine and print the response
-  serve                run the gateway: one fresh machine per HTTP request
+  run IMAGE            run one request through a pristine machine and print the response
+  serve                run the gateway: a pristine machine per HTTP request
   deploy NAME IMAGE    deploy (or redeploy) an app; unset settings are kept
   apps                 list deployed apps
   app NAME             show an app: settings, versions, live status, recent failures
   rollback NAME        switch an app back to its previous version (--to N: version N)
   rm NAME              remove an app
+  gc                   give disk back now: unused images and compiled code
   logs NAME            print an app's log (-f: follow, --since 10m)
   secret set|rm|ls APP set, remove or list an app's secrets
   bench                measure Dust against processes, CGI, QEMU and wasm, side by side
@@ -50,7 +51,7 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		return cmdRun(args[1:], stdout, stderr)
 	case "serve":
 		return cmdServe(args[1:], stdout, stderr)
-	case "deploy", "apps", "app", "rollback", "rm", "logs":
+	case "deploy", "apps", "app", "rollback", "rm", "logs", "gc":
 		return cmdAdmin(args[0], args[1:], stdout, stderr)
 	case "secret", "secrets":
 		return cmdSecret(args[1:], stdout, stderr)

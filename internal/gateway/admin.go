@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -57,6 +59,7 @@ func (s *Server) adminMux() http.Handler {
 	mux.HandleFunc("PUT /v1/apps/{name}", auth(s.apiDeploy))
 	mux.HandleFunc("POST /v1/apps/{name}/rollback", auth(s.apiRollback))
 	mux.HandleFunc("DELETE /v1/apps/{name}", auth(s.apiDelete))
+	mux.HandleFunc("POST /v1/gc", auth(s.apiGC))
 	mux.HandleFunc("GET /v1/apps/{name}/logs", auth(s.apiLogs))
 	mux.HandleFunc("/", auth(func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such admin endpoint"})
@@ -336,12 +339,13 @@ func (s *Server) dropImages(digests ...string) {
 // compilation cache) drop what belongs to images no version of any app
 // uses any more. The caller holds pinMu, so deploys in progress are in
 // pins and their images are kept.
-func (s *Server) pruneKinds() {
+func (s *Server) pruneKinds() int64 {
 	apps, err := s.store.List()
 	if err != nil {
 		s.log.Warn("pruning: listing apps", "err", err)
-		return
+		return 0
 	}
+	var total int64
 	keep := make([]string, 0, len(apps)+len(s.pins))
 	for _, a := range apps {
 		for _, v := range a.History {
@@ -363,7 +367,52 @@ func (s *Server) pruneKinds() {
 		if freed > 0 {
 			s.log.Info("pruned per-image state", "kind", name, "bytes", freed)
 		}
+		total += freed
 	}
+	return total
+}
+
+// GCResult is what a manual GC gave back.
+type GCResult struct {
+	ImagesRemoved int    `json:"images_removed"`
+	ImageBytes    string `json:"image_bytes_freed"`
+	CompiledBytes string `json:"compiled_code_freed"`
+}
+
+// GC removes now what the hourly GC would: images no version of any app
+// uses (older than store.GCGrace, so uploads in flight are safe), and the
+// per-kind state of images no kept version uses.
+func (s *Server) GC() (GCResult, error) {
+	s.pinMu.Lock()
+	defer s.pinMu.Unlock()
+	before := s.imageBytes()
+	removed, err := s.store.GC()
+	freed := s.pruneKinds()
+	res := GCResult{ImagesRemoved: len(removed), ImageBytes: FormatSize(max(before-s.imageBytes(), 0)), CompiledBytes: FormatSize(freed)}
+	return res, err
+}
+
+// imageBytes is the disk the store's images take.
+func (s *Server) imageBytes() int64 {
+	var n int64
+	filepath.WalkDir(filepath.Join(s.store.Dir(), "images"), func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if fi, err := d.Info(); err == nil {
+				n += fi.Size()
+			}
+		}
+		return nil
+	})
+	return n
+}
+
+func (s *Server) apiGC(w http.ResponseWriter, r *http.Request) {
+	res, err := s.GC()
+	if err != nil {
+		s.apiError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
 }
 
 // collectGarbage runs the store's GC now and then, for images left behind

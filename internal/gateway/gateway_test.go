@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -576,5 +577,35 @@ int main(void){ syscall(999); syscall(SYS_socket, 2, 1, 0); printf("Content-Type
 	_, logs := get(t, "GET", ts.admin+"/v1/apps/odd/logs", nil, "Authorization", "Bearer "+ts.Token())
 	if !strings.Contains(logs, "odd-1") || !strings.Contains(logs, "socket×1") || !strings.Contains(logs, "syscall_999×1") {
 		t.Errorf("app log lacks the refused calls: %q", logs)
+	}
+}
+
+// A manual GC removes the images no version uses and says what it freed.
+func TestManualGC(t *testing.T) {
+	ts := start(t, t.TempDir())
+	ts.deploy(t, "hello", example(t, "hello"), store.Settings{Route: "/hello"})
+	// An image nobody references, as a crashed deploy would leave.
+	if _, _, err := ts.Store().PutImage(bytes.NewReader(example(t, "echo")), 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	grace := store.GCGrace
+	store.GCGrace = 0
+	defer func() { store.GCGrace = grace }()
+	req, _ := http.NewRequest("POST", ts.admin+"/v1/gc", nil)
+	req.Header.Set("Authorization", "Bearer "+ts.Token())
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var res GCResult
+	if err := json.NewDecoder(resp.Body).Decode(&res); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("gc: %d %v", resp.StatusCode, err)
+	}
+	if res.ImagesRemoved != 1 || res.ImageBytes == "0B" || res.ImageBytes == "" {
+		t.Fatalf("gc: %+v, want the one unused image removed", res)
+	}
+	if r, body := get(t, "GET", ts.url+"/hello", nil); r.StatusCode != 200 || body != "Hello, world!\n" {
+		t.Fatalf("the deployed app after gc: %d %q", r.StatusCode, body)
 	}
 }
