@@ -133,18 +133,27 @@ func (l *layout) perm(img *elfImage, addr uint64) uint64 {
 	case addr == l.guard:
 		return permNone
 	}
+	if p, ok := segmentPerm(img, addr); ok {
+		return p
+	}
+	return permUserRW
+}
+
+// segmentPerm is the permission of a page inside one of the image's
+// segments: writable data is never executable, code never writable.
+func segmentPerm(img *elfImage, addr uint64) (uint64, bool) {
 	for _, s := range img.segments {
 		if addr >= s.vaddr&^(pageSize-1) && addr < s.vaddr+s.memsz {
 			switch {
 			case s.flags&pfW != 0:
-				return permUserRW
+				return permUserRW, true
 			case s.flags&pfX != 0:
-				return permUserRX
+				return permUserRX, true
 			}
-			return permUserRO
+			return permUserRO, true
 		}
 	}
-	return permUserRW
+	return 0, false
 }
 
 // pageTables writes an identity map of guest memory: 2 MiB pages where a

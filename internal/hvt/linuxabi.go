@@ -321,25 +321,15 @@ func (l *layout) linuxPerm(img *elfImage, addr uint64) uint64 {
 	switch {
 	case addr == gdtAddr, addr >= tssAddr && addr <= tssAddr+tssLimit:
 		return permSuperRW
-	case addr == warmAddr:
-		return permUserRX
-	case addr == linuxStubAddr:
+	case addr == warmAddr, addr == linuxStubAddr:
 		return permUserRX
 	case addr == linuxPhdrAddr && img.phdrCopy != nil:
 		return permUserRO
 	case addr < imageBase, addr == l.guard:
 		return permNone
 	}
-	for _, s := range img.segments {
-		if addr >= s.vaddr&^(pageSize-1) && addr < s.vaddr+s.memsz {
-			switch {
-			case s.flags&pfW != 0:
-				return permUserRW
-			case s.flags&pfX != 0:
-				return permUserRX
-			}
-			return permUserRO
-		}
+	if p, ok := segmentPerm(img, addr); ok {
+		return p
 	}
 	if addr < img.end {
 		return permNone
