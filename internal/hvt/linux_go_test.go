@@ -32,31 +32,11 @@ func goELF(t testing.TB, name string) ([]byte, string) {
 	if _, err := os.Stat(goCmd); err != nil {
 		t.Skipf("no go command at %s", goCmd)
 	}
-	linuxBuildMu.Lock()
-	defer linuxBuildMu.Unlock()
-	key := "go/" + name
-	if linuxDir == "" {
-		d, err := os.MkdirTemp("", "dust-linux-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		linuxDir = d
-	}
-	out := filepath.Join(linuxDir, "go-"+name)
-	if b, ok := linuxBuilt[key]; ok {
-		return b, out
-	}
-	cmd := exec.Command(goCmd, "build", "-o", out, "./testdata/go/"+name)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
-	if msg, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build %s: %v\n%s", name, err, msg)
-	}
-	b, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	linuxBuilt[key] = b
-	return b, out
+	return buildLinux(t, toolchain{}, "go/"+name, "go-"+name, func(out string) *exec.Cmd {
+		cmd := exec.Command(goCmd, "build", "-o", out, "./testdata/go/"+name)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+		return cmd
+	})
 }
 
 func prepareGo(t testing.TB, name string, l machine.Limits) *Image {

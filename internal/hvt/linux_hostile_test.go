@@ -3,9 +3,7 @@ package hvt
 import (
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -28,32 +26,9 @@ import (
 
 func hostileTableELF(t testing.TB, tc toolchain) []byte {
 	t.Helper()
-	if _, err := exec.LookPath(tc.cc); err != nil {
-		t.Skipf("%s not installed", tc.cc)
-	}
-	linuxBuildMu.Lock()
-	defer linuxBuildMu.Unlock()
-	key := tc.name + "/hostile-table"
-	if b, ok := linuxBuilt[key]; ok {
-		return b
-	}
-	if linuxDir == "" {
-		d, err := os.MkdirTemp("", "dust-linux-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		linuxDir = d
-	}
-	out := filepath.Join(linuxDir, tc.name+"-hostile-table")
-	args := append([]string{"-O2", "-o", out}, tc.flags...)
-	if msg, err := exec.Command(tc.cc, append(args, "testdata/linuxleak/hostile.c")...).CombinedOutput(); err != nil {
-		t.Fatalf("%s hostile.c: %v\n%s", tc.cc, err, msg)
-	}
-	b, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	linuxBuilt[key] = b
+	b, _ := buildLinux(t, tc, tc.name+"/hostile-table", tc.name+"-hostile-table", func(out string) *exec.Cmd {
+		return exec.Command(tc.cc, append(append([]string{"-O2", "-o", out}, tc.flags...), "testdata/linuxleak/hostile.c")...)
+	})
 	return b
 }
 

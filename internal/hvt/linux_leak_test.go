@@ -4,9 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -35,33 +33,10 @@ var linuxLeakLimits = machine.Limits{Memory: 8 << 20, MaxOutput: 64 << 10, MaxLo
 // runs before libc's _start.
 func linuxLeakBin(t testing.TB, tc toolchain) []byte {
 	t.Helper()
-	if _, err := exec.LookPath(tc.cc); err != nil {
-		t.Skipf("%s not installed", tc.cc)
-	}
-	linuxBuildMu.Lock()
-	defer linuxBuildMu.Unlock()
-	key := tc.name + "/linuxleak"
-	if b, ok := linuxBuilt[key]; ok {
-		return b
-	}
-	if linuxDir == "" {
-		d, err := os.MkdirTemp("", "dust-linux-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		linuxDir = d
-	}
-	out := filepath.Join(linuxDir, tc.name+"-linuxleak")
-	args := append([]string{"-O2", "-o", out, "-Wl,-e,leak_entry"}, tc.flags...)
-	args = append(args, "testdata/linuxleak/leak.c", "testdata/linuxleak/entry.S")
-	if msg, err := exec.Command(tc.cc, args...).CombinedOutput(); err != nil {
-		t.Fatalf("%s linuxleak: %v\n%s", tc.cc, err, msg)
-	}
-	b, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	linuxBuilt[key] = b
+	b, _ := buildLinux(t, tc, tc.name+"/linuxleak", tc.name+"-linuxleak", func(out string) *exec.Cmd {
+		args := append([]string{"-O2", "-o", out, "-Wl,-e,leak_entry"}, tc.flags...)
+		return exec.Command(tc.cc, append(args, "testdata/linuxleak/leak.c", "testdata/linuxleak/entry.S")...)
+	})
 	return b
 }
 

@@ -205,31 +205,40 @@ func linuxELF(t testing.TB, tc toolchain, name string) []byte {
 
 func linuxBin(t testing.TB, tc toolchain, name string) ([]byte, string) {
 	t.Helper()
-	if _, err := exec.LookPath(tc.cc); err != nil {
-		t.Skipf("%s not installed (Debian: %s)", tc.cc, map[string]string{"gcc": "gcc libc6-dev", "musl-gcc": "musl-tools"}[tc.cc])
+	return buildLinux(t, tc, tc.name+"/"+name, tc.name+"-"+name, func(out string) *exec.Cmd {
+		src := filepath.Join(linuxDir, name+".c")
+		if err := os.WriteFile(src, []byte(linuxSources[name]), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return exec.Command(tc.cc, append(append([]string{"-O2", "-o", out}, tc.flags...), src)...)
+	})
+}
+
+// buildLinux builds a test program once per test binary: cmd makes the
+// command that writes it to out (a path in linuxDir), key names it in the
+// cache. A toolchain that is missing skips the test.
+func buildLinux(t testing.TB, tc toolchain, key, file string, cmd func(out string) *exec.Cmd) ([]byte, string) {
+	t.Helper()
+	if tc.cc != "" {
+		if _, err := exec.LookPath(tc.cc); err != nil {
+			t.Skipf("%s not installed (Debian: %s)", tc.cc, map[string]string{"gcc": "gcc libc6-dev", "musl-gcc": "musl-tools"}[tc.cc])
+		}
 	}
 	linuxBuildMu.Lock()
 	defer linuxBuildMu.Unlock()
-	key := tc.name + "/" + name
-	out := filepath.Join(linuxDir, tc.name+"-"+name)
-	if b, ok := linuxBuilt[key]; ok {
-		return b, out
-	}
 	if linuxDir == "" {
 		d, err := os.MkdirTemp("", "dust-linux-")
 		if err != nil {
 			t.Fatal(err)
 		}
 		linuxDir = d
-		out = filepath.Join(linuxDir, tc.name+"-"+name)
 	}
-	src := filepath.Join(linuxDir, name+".c")
-	if err := os.WriteFile(src, []byte(linuxSources[name]), 0o644); err != nil {
-		t.Fatal(err)
+	out := filepath.Join(linuxDir, file)
+	if b, ok := linuxBuilt[key]; ok {
+		return b, out
 	}
-	args := append([]string{"-O2", "-o", out}, tc.flags...)
-	if msg, err := exec.Command(tc.cc, append(args, src)...).CombinedOutput(); err != nil {
-		t.Fatalf("%s %s: %v\n%s", tc.cc, name, err, msg)
+	if msg, err := cmd(out).CombinedOutput(); err != nil {
+		t.Fatalf("building %s: %v\n%s", key, err, msg)
 	}
 	b, err := os.ReadFile(out)
 	if err != nil {
