@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -25,9 +26,18 @@ var (
 // binary) and returns the image.
 func exampleELF(t testing.TB, name string) []byte {
 	t.Helper()
+	root, _ := filepath.Abs("../..")
+	return dustccELF(t, name, filepath.Join(root, "examples", name, name+".c"), nil)
+}
+
+// dustccELF builds a libdust guest with guest/dustcc once per test binary
+// under key: from the file src, or, when src is "", from the source text
+// text written into the build directory.
+func dustccELF(t testing.TB, key, src string, text []byte) []byte {
+	t.Helper()
 	buildMu.Lock()
 	defer buildMu.Unlock()
-	if b, ok := builtELF[name]; ok {
+	if b, ok := builtELF[key]; ok {
 		return b
 	}
 	if buildDir == "" {
@@ -37,17 +47,23 @@ func exampleELF(t testing.TB, name string) []byte {
 		}
 		buildDir = d
 	}
+	name := strings.ReplaceAll(key, ":", "-")
+	if src == "" {
+		src = filepath.Join(buildDir, name+".c")
+		if err := os.WriteFile(src, text, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	root, _ := filepath.Abs("../..")
 	out := filepath.Join(buildDir, name+".elf")
-	cmd := exec.Command(filepath.Join(root, "guest/dustcc"), "-o", out, filepath.Join(root, "examples", name, name+".c"))
-	if msg, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building example %s: %v\n%s", name, err, msg)
+	if msg, err := exec.Command(filepath.Join(root, "guest/dustcc"), "-o", out, src).CombinedOutput(); err != nil {
+		t.Fatalf("building guest %s: %v\n%s", key, err, msg)
 	}
 	b, err := os.ReadFile(out)
 	if err != nil {
 		t.Fatal(err)
 	}
-	builtELF[name] = b
+	builtELF[key] = b
 	return b
 }
 

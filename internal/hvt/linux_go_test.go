@@ -119,26 +119,7 @@ func TestLinuxGoHello(t *testing.T) {
 		byName, switches := counts()
 		t.Logf("%s: %v, %d exits, %d system calls (%d thread switches), unanswered %v; %s", what, res.RunTime, res.Exits, calls, switches, unknown, topCalls(byName))
 	}
-	m, err := im.newMachine()
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, out, log := runLinux(m, &machine.Request{Env: helloEnv})
-	check("fresh", m, res, out, log)
-	m.Close()
-
-	m, err = im.newMachine()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	for i := range 3 {
-		res, out, log := runLinux(m, &machine.Request{Env: helloEnv})
-		check(fmt.Sprintf("restored %d", i), m, res, out, log)
-		if err := m.Reset(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	freshThenRestored(t, im, 1, 3, check)
 }
 
 // 100 goroutines sleeping, talking over channels and making garbage for

@@ -337,28 +337,35 @@ func TestLinuxHello(t *testing.T) {
 				}
 				t.Logf("%s: %d exits, %d system calls, unanswered %v", what, res.Exits, calls, unknown)
 			}
-			for i := range 2 {
-				m, err := im.newMachine()
-				if err != nil {
-					t.Fatal(err)
-				}
-				res, out, log := runLinux(m, &machine.Request{Env: helloEnv})
-				check(fmt.Sprintf("fresh %d", i), m, res, out, log)
-				m.Close()
-			}
-			m, err := im.newMachine()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer m.Close()
-			for i := range 5 {
-				res, out, log := runLinux(m, &machine.Request{Env: helloEnv})
-				check(fmt.Sprintf("restored %d", i), m, res, out, log)
-				if err := m.Reset(); err != nil {
-					t.Fatal(err)
-				}
-			}
+			freshThenRestored(t, im, 2, 5, check)
 		})
+	}
+}
+
+// freshThenRestored serves hello's request on fresh brand-new machines,
+// then restored times on one machine reset in between, checking each.
+func freshThenRestored(t *testing.T, im *Image, fresh, restored int, check func(string, *Machine, machine.Result, string, string)) {
+	t.Helper()
+	for i := range fresh {
+		m, err := im.newMachine()
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, out, log := runLinux(m, &machine.Request{Env: helloEnv})
+		check(fmt.Sprintf("fresh %d", i), m, res, out, log)
+		m.Close()
+	}
+	m, err := im.newMachine()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	for i := range restored {
+		res, out, log := runLinux(m, &machine.Request{Env: helloEnv})
+		check(fmt.Sprintf("restored %d", i), m, res, out, log)
+		if err := m.Reset(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

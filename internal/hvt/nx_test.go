@@ -2,9 +2,6 @@ package hvt
 
 import (
 	"bytes"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -19,34 +16,7 @@ import (
 // binary), for test guests that belong to one test rather than examples/.
 func cGuestELF(t testing.TB, name, src string) []byte {
 	t.Helper()
-	buildMu.Lock()
-	defer buildMu.Unlock()
-	key := "c:" + name
-	if b, ok := builtELF[key]; ok {
-		return b
-	}
-	if buildDir == "" {
-		d, err := os.MkdirTemp("", "dust-examples-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		buildDir = d
-	}
-	root, _ := filepath.Abs("../..")
-	in := filepath.Join(buildDir, name+".c")
-	out := filepath.Join(buildDir, name+".elf")
-	if err := os.WriteFile(in, []byte(src), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if msg, err := exec.Command(filepath.Join(root, "guest/dustcc"), "-o", out, in).CombinedOutput(); err != nil {
-		t.Fatalf("building test guest %s: %v\n%s", name, err, msg)
-	}
-	b, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	builtELF[key] = b
-	return b
+	return dustccELF(t, "c:"+name, "", []byte(src))
 }
 
 // nxGuest copies the bytes of a function into a buffer chosen by the query
