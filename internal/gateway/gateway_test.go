@@ -437,6 +437,11 @@ func TestHostileRequests(t *testing.T) {
 			t.Errorf("CL+TE request not refused, or the connection stayed open: %q", resp)
 		}
 	}
+	// HTTP/1.0: Go ignores Transfer-Encoding there and frames by
+	// Content-Length, a proxy in front may not.
+	if resp := raw("POST /echo HTTP/1.0\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc"); !strings.Contains(resp, " 400 ") {
+		t.Errorf("HTTP/1.0 CL+TE not refused: %q", resp)
+	}
 	// An honest chunked body is served, and the connection closes after it.
 	chunked := "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\nGET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
 	if resp := raw(chunked); strings.Count(resp, "HTTP/1.1 ") != 1 || !strings.Contains(resp, "HTTP/1.1 200") || !strings.Contains(resp, "method=POST") {

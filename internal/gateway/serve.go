@@ -169,7 +169,11 @@ func (s *Server) checkFraming(w http.ResponseWriter, r *http.Request, id string)
 		// head starts; a fresh connection starts it over.
 		w.Header().Set("Connection", "close")
 	}
-	if ok && hasField(head, "transfer-encoding") && hasField(head, "content-length") {
+	// Go's parser refuses any Transfer-Encoding but chunked on HTTP/1.1 and
+	// ignores it on HTTP/1.0, so only those two can hide the pair: the
+	// head is searched for nothing else, and not on every request.
+	suspect := chunked || r.ProtoMajor == 1 && r.ProtoMinor == 0
+	if ok && suspect && hasField(head, "transfer-encoding") && hasField(head, "content-length") {
 		s.fail(w, "", id, http.StatusBadRequest, "the request has both Content-Length and Transfer-Encoding")
 		return false
 	}
