@@ -121,123 +121,85 @@ func (f *cmdFlags) str(name, arg, usage string) *strValue {
 	return v
 }
 
-type durValue struct {
-	f     *cmdFlags
-	name  string
-	v     time.Duration
-	given bool
+// value is a flag of type T that remembers whether it was given (an
+// absent deploy flag means "keep the current setting") and says what it
+// wants, naming the flag, when the text does not parse.
+type value[T any] struct {
+	f      *cmdFlags
+	name   string
+	want   string
+	parse  func(string) (T, bool)
+	format func(T) string
+	v      T
+	given  bool
 }
 
-func (d *durValue) String() string {
-	if d == nil || !d.given {
+func (x *value[T]) String() string {
+	if x == nil || x.format == nil || !x.given {
 		return ""
 	}
-	return d.v.String()
+	return x.format(x.v)
 }
-func (d *durValue) Set(v string) error {
-	if v == "0" {
-		d.v, d.given = 0, true
-		return nil
+
+func (x *value[T]) Set(v string) error {
+	n, ok := x.parse(v)
+	if !ok {
+		return x.f.fail(x.name, v, x.want)
 	}
-	x, err := time.ParseDuration(v)
-	if err != nil || x < 0 {
-		return d.f.fail(d.name, v, "want a duration such as 2s or 500ms")
-	}
-	d.v, d.given = x, true
+	x.v, x.given = n, true
 	return nil
 }
 
-func (f *cmdFlags) duration(name, usage string) *durValue {
-	v := &durValue{f: f, name: name}
-	f.Var(v, name, "`DURATION` "+usage)
+func addValue[T any](f *cmdFlags, name, want, usage string, parse func(string) (T, bool), format func(T) string) *value[T] {
+	v := &value[T]{f: f, name: name, want: want, parse: parse, format: format}
+	f.Var(v, name, usage)
 	return v
 }
 
-type sizeValue struct {
-	f     *cmdFlags
-	name  string
-	v     int64
-	given bool
+func (f *cmdFlags) duration(name, usage string) *value[time.Duration] {
+	return addValue(f, name, "want a duration such as 2s or 500ms", "`DURATION` "+usage, func(v string) (time.Duration, bool) {
+		if v == "0" {
+			return 0, true
+		}
+		x, err := time.ParseDuration(v)
+		return x, err == nil && x >= 0
+	}, time.Duration.String)
 }
 
-func (s *sizeValue) String() string {
-	if s == nil || !s.given {
-		return ""
-	}
-	return gateway.FormatSize(s.v)
-}
-func (s *sizeValue) Set(v string) error {
-	n, err := gateway.ParseSize(v)
-	if err != nil {
-		return s.f.fail(s.name, v, "want a size such as 16MiB, 512KiB or 1GiB")
-	}
-	s.v, s.given = n, true
-	return nil
+func (f *cmdFlags) size(name, usage string) *value[int64] {
+	return addValue(f, name, "want a size such as 16MiB, 512KiB or 1GiB", "`SIZE` "+usage, func(v string) (int64, bool) {
+		n, err := gateway.ParseSize(v)
+		return n, err == nil
+	}, gateway.FormatSize)
 }
 
-func (f *cmdFlags) size(name, usage string) *sizeValue {
-	v := &sizeValue{f: f, name: name}
-	f.Var(v, name, "`SIZE` "+usage)
-	return v
+func (f *cmdFlags) integer(name string, min int, want, usage string) *value[int] {
+	return addValue(f, name, want, "`N` "+usage, func(v string) (int, bool) {
+		n, err := strconv.Atoi(v)
+		return n, err == nil && n >= min
+	}, strconv.Itoa)
 }
 
-type intValue struct {
-	f     *cmdFlags
-	name  string
-	min   int
-	want  string
-	v     int
-	given bool
-}
+// boolFlag is value[bool] that the flag package accepts without an
+// argument (--json, not --json=true).
+type boolFlag struct{ value[bool] }
 
-func (i *intValue) String() string {
-	if i == nil || !i.given {
-		return ""
-	}
-	return strconv.Itoa(i.v)
-}
-func (i *intValue) Set(v string) error {
-	n, err := strconv.Atoi(v)
-	if err != nil || n < i.min {
-		return i.f.fail(i.name, v, i.want)
-	}
-	i.v, i.given = n, true
-	return nil
-}
+func (b *boolFlag) IsBoolFlag() bool { return true }
 
-func (f *cmdFlags) integer(name string, min int, want, usage string) *intValue {
-	v := &intValue{f: f, name: name, min: min, want: want}
-	f.Var(v, name, "`N` "+usage)
-	return v
-}
-
-type boolValue struct {
-	f     *cmdFlags
-	name  string
-	v     bool
-	given bool
-}
-
-func (b *boolValue) String() string {
+func (b *boolFlag) String() string {
 	if b == nil {
 		return ""
 	}
 	return strconv.FormatBool(b.v)
 }
-func (b *boolValue) IsBoolFlag() bool { return true }
-func (b *boolValue) Set(v string) error {
-	x, err := strconv.ParseBool(v)
-	if err != nil {
-		return b.f.fail(b.name, v, "want true or false")
-	}
-	b.v, b.given = x, true
-	return nil
-}
 
-func (f *cmdFlags) boolean(name, usage string) *boolValue {
-	v := &boolValue{f: f, name: name}
-	f.Var(v, name, usage)
-	return v
+func (f *cmdFlags) boolean(name, usage string) *boolFlag {
+	b := &boolFlag{value[bool]{f: f, name: name, want: "want true or false", parse: func(v string) (bool, bool) {
+		x, err := strconv.ParseBool(v)
+		return x, err == nil
+	}}}
+	f.Var(b, name, usage)
+	return b
 }
 
 // kvList is a repeatable KEY=VALUE (or, with keysOnly, KEY) flag.
