@@ -345,3 +345,23 @@ func TestHeapConfigSanitised(t *testing.T) {
 		}
 	}
 }
+
+// However many distinct numbers a guest tries, the report of unknown
+// calls stays bounded.
+func TestUnknownNamesBounded(t *testing.T) {
+	e := newEnv(t, "")
+	for nr := uint64(100000); nr < 101000; nr++ {
+		e.call(nr)
+	}
+	u := e.p.Unknown()
+	if len(u) > maxUnknownNames+1 || u["others"] == 0 {
+		t.Fatalf("%d names reported (others %d), want at most %d and the rest folded", len(u), u["others"], maxUnknownNames+1)
+	}
+	total := 0
+	for _, n := range u {
+		total += n
+	}
+	if total != 1000 {
+		t.Fatalf("%d calls counted, want 1000", total)
+	}
+}

@@ -190,10 +190,19 @@ func (p *Process) call(nr uint64, a [6]uint64) Result {
 		r = p.blockIO(nr, noDeadline, 0)
 	}
 	if r.Action == ActionContinue && (r.Ret == errno(unix.ENOSYS) || r.Ret == errno(unix.EPERM)) {
-		p.st.unknown[sysName(nr)]++
+		// A guest can try every number there is: past maxUnknownNames
+		// distinct names the rest are counted together.
+		name := sysName(nr)
+		if _, seen := p.st.unknown[name]; !seen && len(p.st.unknown) >= maxUnknownNames {
+			name = "others"
+		}
+		p.st.unknown[name]++
 	}
 	return r
 }
+
+// maxUnknownNames bounds the distinct names Unknown reports.
+const maxUnknownNames = 64
 
 func (p *Process) unknown() map[string]int {
 	m := make(map[string]int, len(p.st.unknown))
