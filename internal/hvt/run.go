@@ -160,7 +160,7 @@ func (m *Machine) Run(ctx context.Context, req *machine.Request, stdout, stderr 
 		return machine.Result{Outcome: machine.InternalError, Detail: "machine already used", Cause: errors.New("hvt: a machine serves one request per restore")}
 	}
 	m.mu.Lock()
-	broken := m.broken
+	broken, gen := m.broken, m.runs // gen: the life a deadline kick belongs to
 	m.mu.Unlock()
 	if broken {
 		return machine.Result{Outcome: machine.InternalError, Detail: "machine left half-restored", Cause: ErrRestore}
@@ -178,9 +178,6 @@ func (m *Machine) Run(ctx context.Context, req *machine.Request, stdout, stderr 
 	ctx, cancel := context.WithTimeout(ctx, s.limits.Timeout)
 	defer cancel()
 	s.ctx = ctx
-	m.mu.Lock()
-	gen := m.runs
-	m.mu.Unlock()
 	stop := context.AfterFunc(ctx, func() { m.kick(gen) })
 	lap("arm deadline")
 	if err := s.place(req); err != nil {
