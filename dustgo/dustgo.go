@@ -123,6 +123,7 @@ func HandleCGI(f CGIFunc) {
 		panic("dustgo: a handler is already registered")
 	}
 	serveCGI = f
+	afterHandle()
 }
 
 // Serve serves the request described by the environment, with its body

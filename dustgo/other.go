@@ -1,8 +1,12 @@
-//go:build !wasip1
+//go:build !wasip1 && !(linux && amd64)
 
 package dustgo
 
 import "os"
+
+func afterHandle() {}
+
+var autoServe = false
 
 // Outside wasip1 there is no snapshot: the process's own environment and
 // arguments are the request's, as for any CGI program.

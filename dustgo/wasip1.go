@@ -7,6 +7,11 @@ import (
 	"unsafe"
 )
 
+// A reactor is served when the host calls dust_serve.
+func afterHandle() {}
+
+var autoServe = false
+
 // dustServe is the entry point Dust calls in every request's instance.
 //
 //go:wasmexport dust_serve

@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dust-run/dust/internal/kvm"
+	"github.com/dust-run/dust/internal/linux"
 	"github.com/dust-run/dust/internal/machine"
 )
 
@@ -90,6 +91,12 @@ type Image struct {
 	// snapshotted: the template is the program's state at its ready
 	// point (snapshot.go), not at boot.
 	snapshotted bool
+	// A snapshotted Linux program's process at its ready point, which
+	// every request's process is a copy of, and its threads' registers:
+	// the running one's are in regs, the others' in threads.
+	proc    *linux.Process
+	tid     int
+	threads map[int]*savedThread
 	// files are a Linux program's /app (Options.Files).
 	files fs.FS
 

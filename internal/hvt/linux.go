@@ -72,11 +72,11 @@ const argv0 = "/app/main"
 // stdin, within the deadline, through read(2).
 func (s *session) placeLinux(req *machine.Request) error {
 	m := s.m
-	lay := m.im.lay
-	args := req.Args
-	if len(args) == 0 {
-		args = []string{argv0}
+	if m.im.proc != nil {
+		return s.placeSnapshot(req)
 	}
+	lay := m.im.lay
+	args := linuxArgs(req)
 	e := &linuxEntry{phdr: m.im.elf.phdrAddr, phnum: m.im.elf.phnum, entry: lay.entry, hwcap: m.im.hwcap}
 	rand.Read(e.random[:])
 	// A quarter of the stack for arguments and environment, as Linux
@@ -92,13 +92,51 @@ func (s *session) placeLinux(req *machine.Request) error {
 	regs.RSP = sp
 	m.run.Sync().Regs = regs
 	*m.run.DirtyRegs() |= kvm.KVM_SYNC_X86_REGS
+	s.proc = newProcess(s.linuxConfig(req), m.im)
+	s.tid, s.threads = linuxMainTid, nil
+	m.proc = s.proc
+	return nil
+}
 
+// placeSnapshot starts a request of a program snapshotted at its ready
+// point: the registers are the snapshot's (the ready call returning, with
+// RAX = the size of the request it reads next), the process and the other
+// threads are copies of the snapshot's. Nothing is placed on the stack:
+// the program takes its request through linux.SysRequest.
+func (s *session) placeSnapshot(req *machine.Request) error {
+	m := s.m
+	cfg := s.linuxConfig(req)
+	if len(cfg.Request) > maxRequestBlock {
+		return fmt.Errorf("%w: the arguments and environment take %d bytes, at most %d", ErrRequestTooLarge, len(cfg.Request), maxRequestBlock)
+	}
+	regs := m.im.regs
+	regs.RAX = uint64(len(cfg.Request))
+	m.run.Sync().Regs = regs
+	*m.run.DirtyRegs() |= kvm.KVM_SYNC_X86_REGS
+	s.proc = m.im.proc.Clone(cfg)
+	s.tid, s.threads = m.im.tid, make(map[int]*savedThread, len(m.im.threads))
+	for tid, t := range m.im.threads {
+		c := *t
+		s.threads[tid] = &c
+	}
+	m.proc = s.proc
+	return nil
+}
+
+// maxRequestBlock bounds a snapshotted program's request (arguments and
+// environment) as Linux's ARG_MAX bounds what execve takes.
+const maxRequestBlock = 2 << 20
+
+// linuxConfig is what a request's Linux process may use.
+func (s *session) linuxConfig(req *machine.Request) linux.Config {
+	m := s.m
+	lay := m.im.lay
 	start := time.Now()
 	ctx := s.ctx
 	if m.proc != nil {
 		m.proc.Close() // the previous request's, on a restored machine
 	}
-	s.proc = newProcess(linux.Config{
+	cfg := linux.Config{
 		Mem:       m.mem,
 		HeapStart: lay.heapStart,
 		HeapEnd:   lay.heapEnd,
@@ -121,10 +159,19 @@ func (s *session) placeLinux(req *machine.Request) error {
 				return false
 			}
 		},
-	}, m.im)
-	m.proc = s.proc
-	s.tid, s.threads = linuxMainTid, nil
-	return nil
+	}
+	if !m.stopAtReady {
+		// The snapshot run has no request: its ready call ends the run.
+		cfg.Request = linux.EncodeRequest(linuxArgs(req), req.Env)
+	}
+	return cfg
+}
+
+func linuxArgs(req *machine.Request) []string {
+	if len(req.Args) == 0 {
+		return []string{argv0}
+	}
+	return req.Args
 }
 
 // linuxMainTid is the tid internal/linux gives the main thread.
@@ -247,7 +294,26 @@ func (s *session) linuxIO() bool {
 	case linux.ActionStop:
 		s.linuxStop(r.Err)
 		return false
+	case linux.ActionReady:
+		if !m.stopAtReady {
+			s.end(machine.InternalError, "the program reached a ready point outside the snapshot run")
+			return false
+		}
+		// The ready point: the call returns as any other (so the state
+		// captured is the thread resuming after it), and the run ends.
+		// snapshot.go completes the return without running the guest.
+		m.readyHit = true
+		s.end(machine.Served, "reached its ready point")
+		s.linuxReturn(r, regs)
+		return false
 	}
+	return s.linuxReturn(r, regs)
+}
+
+// linuxReturn makes the guest return from the system call it is in with
+// r's result, switching threads if r says so.
+func (s *session) linuxReturn(r linux.Result, regs *kvm.Regs) bool {
+	m := s.m
 	dirty := uint64(kvm.KVM_SYNC_X86_REGS)
 	sr := &m.run.Sync().Sregs
 	if r.SetFS {

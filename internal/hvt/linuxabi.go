@@ -185,6 +185,10 @@ func parseLinuxELF(b []byte) (*elfImage, error) {
 			}
 		}
 	}
+	// A Go program that links dustgo's ready point has one: the Go
+	// linker keeps every linked function's name (stripped binaries too),
+	// and there is no way to give a Go binary an ELF note of its own.
+	img.ready = img.goRuntime && bytes.Contains(b, []byte(goReadyPoint))
 	if dyn != nil {
 		if err := checkDynamic(b[dyn.off:dyn.fileEnd]); err != nil {
 			return nil, err
@@ -264,6 +268,10 @@ func (img *elfImage) placePhdrs(b []byte, phoff, phdrVaddr uint64, hasPhdr bool)
 // MiB at start-up can run out at 1280; 1536 leaves room for three more
 // arenas (a live heap of roughly 200 MiB).
 const linuxGoMinMemory = 1536 << 20
+
+// goReadyPoint is the function of package dustgo that makes the ready
+// call on Linux (dustgo/linux.go).
+const goReadyPoint = "github.com/dust-run/dust/dustgo.readyPoint"
 
 // hasGoNote reports whether notes hold Go's build ID note ("Go", type 4),
 // which every binary the go command links carries.

@@ -59,6 +59,11 @@ type Machine struct {
 	// stopAtReady makes the READY hypercall end the run (the snapshot
 	// run, snapshot.go); readyHit says it did.
 	stopAtReady, readyHit bool
+	// A Linux program's state at its ready point, kept from the snapshot
+	// run (the registers of the threads not running, by tid).
+	readyProc    syscaller
+	readyTid     int
+	readyThreads map[int]*savedThread
 	// completed: the last run's pending I/O completion was done
 	// (completePending).
 	completed   bool
@@ -228,7 +233,13 @@ func (m *Machine) Run(ctx context.Context, req *machine.Request, stdout, stderr 
 	if m.proc != nil {
 		m.lastCalls, m.lastUnknown = m.proc.Calls(), m.proc.Unknown()
 		s.res.Syscalls, s.res.Unsupported = m.lastCalls, m.lastUnknown
-		m.proc.Close()
+		if m.readyHit {
+			// The snapshot run: the process at the ready point is the
+			// one every request's is copied from (snapshot.go).
+			m.readyProc, m.readyTid, m.readyThreads = m.proc, s.tid, s.threads
+		} else {
+			m.proc.Close()
+		}
 		m.proc, s.proc = nil, nil
 	}
 

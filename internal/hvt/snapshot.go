@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dust-run/dust/internal/kvm"
+	"github.com/dust-run/dust/internal/linux"
 	"github.com/dust-run/dust/internal/machine"
 )
 
@@ -47,8 +48,20 @@ func (im *Image) snapshot() (bool, error) {
 	req := snapshotRequest
 	res := m.Run(ctx, &req, io.Discard, io.Discard)
 	if !m.readyHit {
-		return false, fmt.Errorf("%w: the program has a ready point (it links dust_ready) but ended before reaching it, with an empty request, within its %v timeout: %v (outcome %v)",
-			errSnapshot, im.limits.Timeout, res.Err(), res.Outcome)
+		links := "it links dust_ready"
+		if im.lay.linux {
+			links = "it links package dustgo, whose Handle makes the ready call"
+		}
+		return false, fmt.Errorf("%w: the program has a ready point (%s) but ended before reaching it, with an empty request, within its %v timeout: %v (outcome %v)",
+			errSnapshot, links, im.limits.Timeout, res.Err(), res.Outcome)
+	}
+	var proc *linux.Process
+	if im.lay.linux {
+		p, ok := m.readyProc.(*linux.Process)
+		if !ok {
+			return false, fmt.Errorf("%w: the process at the ready point is a %T, which cannot be copied", errSnapshot, m.readyProc)
+		}
+		proc = p
 	}
 	// The READY exit is pending in KVM: complete it (the guest's RIP moves
 	// past the OUT) without running a single further instruction.
@@ -73,6 +86,9 @@ func (im *Image) snapshot() (bool, error) {
 	unix.Close(im.memfd)
 	im.memfd, im.tsize = fd, uintptr(size)
 	im.regs, im.sregs = st.regs, st.sregs
+	if proc != nil {
+		im.proc, im.tid, im.threads = proc, m.readyTid, m.readyThreads
+	}
 	if im.stateErr == nil {
 		st.tscOffset = im.state.tscOffset
 		im.state = st

@@ -51,6 +51,15 @@ type Config struct {
 	// Sleep blocks for d or until the request's deadline, whichever is
 	// first, and reports whether the whole d passed.
 	Sleep func(d time.Duration) bool
+	// ReadyOnAccept makes a server program's first wait for a connection
+	// with none pending its ready point (ActionReady): the snapshot of a
+	// server app is taken there, once per deploy.
+	ReadyOnAccept bool
+	// Request is the request as SysRequest hands it over (EncodeRequest:
+	// its arguments and environment), for a program resumed from its
+	// ready point. nil only in the snapshot run, where SysReady ends the
+	// run instead of returning.
+	Request []byte
 }
 
 // Action tells the monitor what to do after a call.
@@ -65,6 +74,12 @@ const (
 	// ActionStop: the call could not be served (a writer failed, the
 	// deadline passed while blocked): end the run; Result.Err says why.
 	ActionStop
+	// ActionReady: the program reached its ready point (the Dust ready
+	// call, or, with Config.ReadyOnAccept, a wait for a connection with
+	// none pending). The monitor takes the post-init snapshot there;
+	// Result.Ret is what RAX holds when a request resumes the program
+	// (the monitor may replace it with the request's own value).
+	ActionReady
 )
 
 // Result of one system call.

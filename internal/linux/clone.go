@@ -72,6 +72,19 @@ func (p *Process) Clone(cfg Config) *Process {
 	// The heap range is the snapshot's: the restored memory has the
 	// program's data exactly there.
 	q.cfg.HeapStart, q.cfg.HeapEnd = p.cfg.HeapStart, p.cfg.HeapEnd
+	// The program's monotonic clock continues from the ready point: a
+	// runtime that read it before (Go's timers, sleeping threads'
+	// deadlines) must never see it go back.
+	if base, mono := old.readyAt, q.cfg.Monotonic; base != 0 {
+		q.cfg.Monotonic = func() int64 { return base + mono() }
+	}
+	// Every thread's random state gets fresh bytes before any of them
+	// runs again; threads made later are refilled at their first calls.
+	st.seeded = map[uint64]bool{}
+	for _, t := range st.threads {
+		t.reseeded = false
+		q.reseed(t)
+	}
 	return q
 }
 

@@ -18,8 +18,6 @@ func fill(b []byte, v byte) {
 	}
 }
 
-func allZero(b []byte) bool { return bytes.Count(b, []byte{0}) == len(b) }
-
 func TestBrk(t *testing.T) {
 	e := newEnv(t, "")
 	fill(e.mem[tHeapStart:tHeapEnd], 0xee) // a previous user's bytes

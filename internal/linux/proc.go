@@ -376,6 +376,7 @@ func sysArchPrctl(p *Process, a [6]uint64) Result {
 			return fail(unix.EPERM)
 		}
 		p.cur().fsBase = a[1]
+		p.cur().reseeded = false // the thread's state is found from here now
 		return Result{FSBase: a[1], SetFS: true}
 	case archGetFS:
 		return okOrFail(p.put64(a[1], p.cur().fsBase))

@@ -102,6 +102,14 @@ type state struct {
 	lazy        []span // PROT_NONE mappings not cleared yet (mm.go)
 
 	start time.Time
+
+	// Dust's ready point (dust.go): whether the program reached it, the
+	// clock then (a copy's clock continues from there), and the random
+	// state every copy refills, with the states refilled so far.
+	readied bool
+	readyAt int64
+	rand    *randDesc
+	seeded  map[uint64]bool
 }
 
 func newProcess(cfg Config) *Process {
@@ -179,10 +187,18 @@ func (p *Process) call(nr uint64, a [6]uint64) Result {
 	if p.st.cur == nil {
 		return stop(errThreadGone)
 	}
+	if p.st.rand != nil {
+		p.reseed(p.st.cur)
+	}
 	var r Result
-	if nr < uint64(len(table)) && table[nr] != nil {
+	switch {
+	case nr == SysReady:
+		r = sysReady(p, a)
+	case nr == SysRequest:
+		r = sysRequest(p, a)
+	case nr < uint64(len(table)) && table[nr] != nil:
 		r = table[nr](p, a)
-	} else {
+	default:
 		r = fail(unix.ENOSYS)
 	}
 	if r.Action == ActionStop && errors.Is(r.Err, errBlockForever) && len(p.st.threads) > 1 {

@@ -58,6 +58,7 @@ type thread struct {
 	altstack altstack
 	clearTid uint64 // CLONE_CHILD_CLEARTID, set_tid_address
 	fsBase   uint64
+	reseeded bool // its random state was refilled in this request (dust.go)
 }
 
 // Child is a thread that clone or clone3 created. Its registers are the

@@ -1,4 +1,4 @@
-//go:build wasip1
+//go:build wasip1 || (linux && amd64)
 
 package dustgo
 
@@ -6,33 +6,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
-	"runtime"
 	"unsafe"
 )
 
-// A snapshot holds the Go runtime's random state as start-up left it, so
-// without help every request would draw the same math/rand values and give
-// its maps the same hash seeds. Dust reseeds that state itself, from the
-// host, in every request's instance before dust_serve runs: it writes fresh
-// random bytes over the memory regions dust_rand_state reports at deploy.
-// Writing from outside costs no guest code per request, and the host can
-// refuse a Go reactor that does not report the regions instead of
-// replaying.
-//
-// On wasip1 the runtime has exactly one M (newosproc throws), and every
-// runtime random number after start-up comes from that M's two
-// generators: runtime.rand (m.chacha8: math/rand and math/rand/v2
-// top-level functions, map seeds and iteration offsets, hash/maphash
-// seeds) and runtime.cheaprand (m.cheaprand: select, scheduling). The
-// global chacha8 state only seeds new Ms, and there are none.
-//
-// Neither field is reachable by name: the linker refuses linknames to
-// runtime.m0, so dust_rand_state finds them in the M by their behaviour,
-// drawing numbers and watching which bytes change. Only the shape of
-// internal/chacha8rand.State is assumed, and every assumption is checked
-// against further draws; a runtime that does not behave as expected is
-// reported, and Dust refuses the app rather than replay its randomness.
+// The search for the Go runtime's random state in the M, shared by every
+// platform whose snapshot Dust reseeds (wasip1: randstate_wasip1.go;
+// linux/amd64: linux.go). Only the shape of internal/chacha8rand.State and
+// the step of runtime.cheaprand (cheapStep, per architecture) are assumed,
+// and each is checked against further draws.
 
 //go:linkname runtimeRand runtime.rand
 func runtimeRand() uint64
@@ -48,8 +29,9 @@ func runtimeGetm() unsafe.Pointer
 
 // mWindow is how much of the M is searched. runtime.m is about 1.7 KiB
 // on wasm in Go 1.26, its chacha8 state at offset 1248; the margin lets it
-// grow, and reading past its end is harmless: m0 is a static variable well
-// inside linear memory.
+// grow, and reading past its end is harmless: the M searched is m0 (the
+// search runs in init, where the main goroutine is locked to it), a
+// static variable well inside the program's data.
 const mWindow = 4096
 
 // The layout of internal/chacha8rand.State: buf [32]uint64, seed
@@ -65,56 +47,35 @@ const (
 	// chachaFresh is the part that decides every future output: the
 	// buffered outputs and the seed of the following blocks.
 	chachaFresh = chachaIAt
+	// cheapSize is runtime.cheaprand's state, a uint64 in the M.
+	cheapSize = 8
 )
-
-// randStateVersion is the layout of randState the host reads: version,
-// count, then count (address, size) pairs, all little-endian uint32s.
-const randStateVersion = 1
-
-var randState [2 + 2*2]uint32
 
 // scratch holds the M's bytes before a draw. It is static so that the
 // search does not allocate: an allocation can draw from cheaprand
 // (memory-profile sampling) between the copy and the draw watched.
 var scratch [mWindow]byte
 
-// dustRandState reports the regions Dust overwrites with fresh random
-// bytes in every request: the address of randState, or 0 if they could
-// not be found, with the reason on stderr.
-//
-//go:wasmexport dust_rand_state
-func dustRandState() uint32 {
-	chacha, cheap, err := locateRandState()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "dustgo: cannot locate the Go runtime's random state (%s): %v\n", runtime.Version(), err)
-		return 0
-	}
-	randState = [...]uint32{
-		randStateVersion, 2,
-		uint32(chacha), chachaFresh,
-		uint32(cheap), 8,
-	}
-	return uint32(uintptr(unsafe.Pointer(&randState)))
-}
-
-func locateRandState() (chacha, cheap uintptr, err error) {
-	mp := runtimeGetm()
+// locateRandState returns the M and the offsets in it of the states of
+// runtime.rand and runtime.cheaprand.
+func locateRandState() (mp unsafe.Pointer, chacha, cheap int, err error) {
+	mp = runtimeGetm()
 	if mp == nil {
-		return 0, 0, errors.New("no M")
+		return nil, 0, 0, errors.New("no M")
 	}
 	m := (*[mWindow]byte)(mp)
 	c, err := findChacha8(m)
 	if err != nil {
-		return 0, 0, fmt.Errorf("runtime.rand: %w", err)
+		return nil, 0, 0, fmt.Errorf("runtime.rand: %w", err)
 	}
 	p, err := findCheaprand(m)
 	if err != nil {
-		return 0, 0, fmt.Errorf("runtime.cheaprand: %w", err)
+		return nil, 0, 0, fmt.Errorf("runtime.cheaprand: %w", err)
 	}
 	if p < c+chachaSize && c < p+8 {
-		return 0, 0, errors.New("runtime.rand and runtime.cheaprand were found in the same bytes")
+		return nil, 0, 0, errors.New("runtime.rand and runtime.cheaprand were found in the same bytes")
 	}
-	return uintptr(mp) + uintptr(c), uintptr(mp) + uintptr(p), nil
+	return mp, c, p, nil
 }
 
 func le64(b []byte) uint64 { return binary.LittleEndian.Uint64(b) }
@@ -174,14 +135,13 @@ func plausibleChacha(m *[mWindow]byte, b int) bool {
 }
 
 // findCheaprand returns the offset in m of the uint64 runtime.cheaprand
-// steps. On wasm it is xorshift64+ over two uint32 halves: a step moves
-// the second half into the first and returns the sum of the new halves.
+// steps (cheapStepped says what a step is on this architecture).
 func findCheaprand(m *[mWindow]byte) (int, error) {
 	scratch = *m
 	r := runtimeCheaprand()
 	at := -1
 	for o := 0; o+8 <= mWindow; o += 8 {
-		if stepped(scratch[o:o+8], m[o:o+8], r) {
+		if cheapStepped(scratch[o:o+8], m[o:o+8], r) {
 			if at >= 0 {
 				return 0, errors.New("more than one candidate state")
 			}
@@ -193,13 +153,9 @@ func findCheaprand(m *[mWindow]byte) (int, error) {
 	}
 	for k := 0; k < 16; k++ {
 		copy(scratch[:8], m[at:at+8])
-		if r := runtimeCheaprand(); !stepped(scratch[:8], m[at:at+8], r) {
+		if r := runtimeCheaprand(); !cheapStepped(scratch[:8], m[at:at+8], r) {
 			return 0, errors.New("a draw did not step the candidate state")
 		}
 	}
 	return at, nil
-}
-
-func stepped(before, after []byte, r uint32) bool {
-	return le64(before) != le64(after) && le32(after) == le32(before[4:]) && le32(after)+le32(after[4:]) == r
 }
