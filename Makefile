@@ -17,7 +17,7 @@ build:
 # Linux programs (examples/linux/linux.mk: gcc -static, musl-gcc, Lua).
 examples:
 	$(MAKE) -s -C guest lib examples
-	$(MAKE) -s -f examples/linux/linux.mk
+	$(MAKE) -s -f examples/linux/linux.mk GO=$(GO)
 
 # The examples as WASI preview 1 modules (examples/NAME/NAME.wasm) for the
 # wasm kind: clang + wasi-libc for C, GOOS=wasip1 for Go.

@@ -37,6 +37,14 @@
 // built in init, maps included, is the same in every request of one
 // deploy. See docs/wasm-go.md.
 //
+// The same program also builds for Dust's hvt kind as a static Linux binary
+// (CGO_ENABLED=0 GOOS=linux go build): there Handle makes Dust's ready
+// call, the start-up up to it runs once per deploy, and every request
+// resumes a copy of that state with its own environment, arguments and
+// body; Handle then serves the request and exits the process, so nothing
+// after it runs. Outside Dust the ready call gets ENOSYS and the binary is
+// an ordinary CGI program. See docs/linux-abi.md.
+//
 // For an http.Handler, see package dusthttp.
 package dustgo
 
@@ -110,7 +118,8 @@ type CGIFunc func() int
 var serveCGI CGIFunc
 
 // Handle makes h the app's handler. Call it once, from an init function,
-// so that it is part of the snapshot.
+// so that it is part of the snapshot. On Linux it serves the request and
+// exits (see the package documentation).
 func Handle(h HandlerFunc) {
 	HandleCGI(func() int { return Serve(h, os.Stdin, os.Stdout) })
 }

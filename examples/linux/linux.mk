@@ -5,6 +5,11 @@
 #   form/form-musl.elf   the same with musl-gcc -static (Debian: musl-tools)
 #   lua/lua-host.elf     examples/linux/lua/host.c with Debian's liblua5.4.a
 #                        (liblua5.4-dev), gcc -static
+#   gocgi/gocgi-go.elf   examples/linux/gocgi, an unmodified Go net/http/cgi
+#                        program, CGO_ENABLED=0 GOOS=linux
+#   go-fast-hello/go-fast-hello-linux.elf
+#                        examples/go-fast-hello (package dustgo) for Linux:
+#                        snapshotted at its ready point, once per deploy
 #
 #   make -f examples/linux/linux.mk           builds them in examples/linux/
 #   make -f examples/linux/linux.mk OUT=DIR   builds DIR/form/... instead
@@ -22,6 +27,9 @@ GCC      ?= gcc
 MUSL_CC  ?= musl-gcc
 CFLAGS_LINUX ?= -O2 -Wall -Wextra
 LUA_INC  ?= /usr/include/lua5.4
+GO       ?= go
+ROOT     := $(patsubst %/,%,$(dir $(patsubst %/,%,$(dir $(LXDIR)))))
+GO_LINUX := cd $(ROOT) && CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath
 
 HAVE_MUSL := $(shell command -v $(MUSL_CC) 2>/dev/null)
 # gcc prints the bare name back when it cannot find the library.
@@ -30,6 +38,11 @@ HAVE_LUA  := $(and $(filter /%,$(LUA_LIB)),$(wildcard $(LUA_INC)/lua.h))
 
 ALL  := $(OUT)/form/form-glibc.elf
 SKIP :=
+ifneq ($(shell command -v $(GO) 2>/dev/null),)
+ALL  += $(OUT)/gocgi/gocgi-go.elf $(OUT)/go-fast-hello/go-fast-hello-linux.elf
+else
+SKIP += "the Go programs: $(GO) not found"
+endif
 ifneq ($(HAVE_MUSL),)
 ALL  += $(OUT)/form/form-musl.elf
 else
@@ -61,5 +74,16 @@ $(OUT)/lua/lua-host.elf: $(LXDIR)/lua/host.c $(LXDIR)/linux.mk
 		grep -v -e "in function .lookforfunc'" -e "Using 'dlopen' in statically linked" $@.log >&2; \
 		rm -f $@.log; exit $$st
 
+# The go command decides whether a Go program is out of date.
+.PHONY: $(OUT)/gocgi/gocgi-go.elf $(OUT)/go-fast-hello/go-fast-hello-linux.elf
+$(OUT)/gocgi/gocgi-go.elf:
+	@mkdir -p $(@D)
+	$(GO_LINUX) -o $@ ./examples/linux/gocgi
+
+$(OUT)/go-fast-hello/go-fast-hello-linux.elf:
+	@mkdir -p $(@D)
+	$(GO_LINUX) -o $@ ./examples/go-fast-hello
+
 clean:
 	rm -f $(OUT)/form/form-glibc.elf $(OUT)/form/form-musl.elf $(OUT)/lua/lua-host.elf
+	rm -f $(OUT)/gocgi/gocgi-go.elf $(OUT)/go-fast-hello/go-fast-hello-linux.elf

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 )
 
 // artifacts are the programs every contender runs, built or found once per
@@ -22,8 +23,14 @@ type artifacts struct {
 	muslHello                    string // the hello host program, static musl
 	// The static hellos' bytes, as Linux programs on hvt.
 	staticHelloELF, muslHelloELF []byte
-	qemuGuest                    string // PVH ELF for QEMU microvm
-	missing                      map[string]string
+	// Go for Linux (built here): the dustgo hello (its path, to spawn,
+	// and bytes) and the unmodified net/http/cgi example; and the dustgo
+	// hello as a wasm reactor.
+	goDustgo              string
+	goDustgoELF, goCGIELF []byte
+	goFastWasm            []byte
+	qemuGuest             string // PVH ELF for QEMU microvm
+	missing               map[string]string
 }
 
 func (a *artifacts) close() { os.RemoveAll(a.dir) }
@@ -55,6 +62,8 @@ func buildArtifacts(examples string) (*artifacts, error) {
 	read(&a.helloWasm, "hello", "hello.wasm", "make wasm-examples")
 	read(&a.echoWasm, "echo", "echo.wasm", "make wasm-examples")
 	read(&a.goHello, "go-hello", "go-hello.wasm", "make wasm-examples")
+	read(&a.goFastWasm, "go-fast-hello", "go-fast-hello.wasm", "make wasm-examples")
+	a.buildGoLinux(examples)
 	// big is a bench-only example: build its wasm here rather than in
 	// every `make wasm-examples`.
 	if err := a.run("clang", "--target=wasm32-wasi", "-O2", "-o", filepath.Join(dir, "big.wasm"), filepath.Join(examples, "big", "big.c")); err != nil {
@@ -102,6 +111,44 @@ func buildArtifacts(examples string) (*artifacts, error) {
 		a.qemuGuest = g
 	}
 	return a, nil
+}
+
+// buildGoLinux builds the Go programs for Linux with the go command that
+// built dust (or the one on PATH), from the module the examples are in.
+func (a *artifacts) buildGoLinux(examples string) {
+	root, err := filepath.Abs(filepath.Dir(examples))
+	goCmd := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if _, serr := os.Stat(goCmd); serr != nil {
+		goCmd, serr = exec.LookPath("go")
+		err = errors.Join(err, serr)
+	}
+	for _, p := range []struct {
+		key, pkg string
+		bytes    *[]byte
+		path     *string
+	}{{"go-fast-hello-linux", "./examples/go-fast-hello", &a.goDustgoELF, &a.goDustgo}, {"gocgi-go", "./examples/linux/gocgi", &a.goCGIELF, nil}} {
+		if err != nil {
+			a.missing[p.key] = fmt.Sprintf("no go command to build %s: %v", p.pkg, err)
+			continue
+		}
+		out := filepath.Join(a.dir, p.key)
+		cmd := exec.Command(goCmd, "build", "-trimpath", "-o", out, p.pkg)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+		if b, cerr := cmd.CombinedOutput(); cerr != nil {
+			a.missing[p.key] = fmt.Sprintf("go build %s: %v: %s", p.pkg, cerr, b)
+			continue
+		}
+		b, rerr := os.ReadFile(out)
+		if rerr != nil {
+			a.missing[p.key] = rerr.Error()
+			continue
+		}
+		*p.bytes = b
+		if p.path != nil {
+			*p.path = out
+		}
+	}
 }
 
 // buildGuest compiles src with guest/dustcc into an hvt image.

@@ -139,12 +139,14 @@ func machineContenders(a *artifacts, log func(string, ...any)) (cs []*contender,
 		spawn.do = spawnDo(a.staticHello)
 	}
 	cs = append(cs, spawn)
-	cs = append(cs, linuxContenders(a, func() string {
+	linuxSkip := func() string {
 		if kvmErr != nil {
 			return "no usable KVM: " + kvmErr.Error()
 		}
 		return ""
-	})...)
+	}
+	cs = append(cs, linuxContenders(a, linuxSkip)...)
+	cs = append(cs, goLinuxContenders(a, linuxSkip)...)
 	cs = append(cs, containerContenders(a)...)
 
 	cgiC := &contender{Name: "http-cgi", Isolation: "process", Note: "Go net/http/cgi starting static C hello, loopback HTTP"}

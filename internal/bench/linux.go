@@ -9,6 +9,7 @@ import (
 
 	"github.com/dust-run/dust/internal/hvt"
 	"github.com/dust-run/dust/internal/machine"
+	"github.com/dust-run/dust/internal/wasm"
 )
 
 // The static C hello as an ordinary Linux program (issue 11): the same
@@ -31,7 +32,7 @@ func linuxContenders(a *artifacts, hvtSkip func() string) []*contender {
 		elf             []byte
 		spawn           bool // glibc's posix_spawn row is posix-spawn itself
 	}{{"musl", "hello-musl", a.muslHello, a.muslHelloELF, true}, {"glibc", "hello-static", a.staticHello, a.staticHelloELF, false}} {
-		c := linuxSeqContender("hvt-linux-"+l.libc, l.libc, l.elf, func() string {
+		c := linuxSeqContender("hvt-linux-"+l.libc, "static C hello ("+l.libc+") as a Linux program", l.elf, machine.Limits{Memory: 8 << 20}, helloEnv, func() string {
 			if s := hvtSkip(); s != "" {
 				return s
 			}
@@ -55,15 +56,15 @@ func linuxContenders(a *artifacts, hvtSkip func() string) []*contender {
 // latency is the run, req/s and CPU/req include the restore. Every system
 // call the program makes is one exit to the monitor, so the row counts
 // both.
-func linuxSeqContender(name, libc string, elf []byte, skip func() string) *contender {
+func linuxSeqContender(name, what string, elf []byte, limits machine.Limits, env []string, skip func() string) *contender {
 	c := &contender{Name: name, Isolation: "hardware VM (KVM)",
-		Note: "static C hello (" + libc + ") as a Linux program, one VM, run then Reset inline; latency is the run, req/s and CPU/req include the restore"}
+		Note: what + ", one VM, run then Reset inline; latency is the run, req/s and CPU/req include the restore"}
 	if c.skip = skip(); c.skip != "" {
 		return c
 	}
-	im, err := hvt.Prepare(elf, machine.Limits{Memory: 8 << 20})
+	im, err := hvt.Prepare(elf, limits)
 	if err != nil {
-		c.skip = fmt.Sprintf("preparing the %s hello: %v", libc, err)
+		c.skip = fmt.Sprintf("preparing %s: %v", name, err)
 		return c
 	}
 	m, err := im.NewMachine()
@@ -85,7 +86,7 @@ func linuxSeqContender(name, libc string, elf []byte, skip func() string) *conte
 	c.timed = func(ctx context.Context) (time.Duration, error) {
 		out.Reset()
 		t0 := time.Now()
-		res := m.Run(ctx, &machine.Request{Env: helloEnv}, &out, io.Discard)
+		res := m.Run(ctx, &machine.Request{Env: env}, &out, io.Discard)
 		d := time.Since(t0)
 		if err := res.Err(); err != nil {
 			return d, err
@@ -109,4 +110,48 @@ func linuxSeqContender(name, libc string, elf []byte, skip func() string) *conte
 	}
 	c.close = func() { m.Close(); im.Close() }
 	return c
+}
+
+// goLinuxMemory is the least memory hvt gives a Go program (the runtime's
+// address-space reservations must fit: docs/linux-abi.md).
+const goLinuxMemory = 1536 << 20
+
+// goLinuxContenders are issue 11's Go rows: the dustgo hello built for
+// Linux from its post-init snapshot on hvt, the very same binary as a
+// process per request, the dustgo reactor on the wasm kind, and an
+// unmodified net/http/cgi program on hvt without a snapshot (the Go
+// runtime starts in every request).
+func goLinuxContenders(a *artifacts, hvtSkip func() string) []*contender {
+	skip := func(file string) func() string {
+		return func() string {
+			if s := hvtSkip(); s != "" {
+				return s
+			}
+			return a.why(file)
+		}
+	}
+	cs := []*contender{linuxSeqContender("hvt-linux-go-dustgo", "Go dustgo hello built for Linux, from its post-init snapshot",
+		a.goDustgoELF, machine.Limits{Memory: goLinuxMemory}, helloEnv, skip("go-fast-hello-linux"))}
+	sp := &contender{Name: "posix-spawn-go-dustgo", Isolation: "process",
+		Note: "clone(CLONE_VFORK)+execve+wait of the same binary as hvt-linux-go-dustgo (its ready call gets ENOSYS: an ordinary CGI process)"}
+	if sp.skip = a.why("go-fast-hello-linux"); sp.skip == "" {
+		sp.do = spawnDo(a.goDustgo)
+	}
+	cs = append(cs, sp)
+	w := &contender{Name: "wasm-go-dustgo", Isolation: "software sandbox (wasm)", Note: "wazero, the same source as a dustgo reactor (go-fast-hello.wasm), from its snapshot"}
+	if w.skip = a.why("go-fast-hello.wasm"); w.skip == "" {
+		im, err := wasm.Kind{}.Prepare(a.goFastWasm, machine.Limits{})
+		if err != nil {
+			w.skip = fmt.Sprintf("preparing go-fast-hello.wasm: %v", err)
+		} else {
+			w.do = imageDo(im, "/hello")
+			w.close = func() { im.Close() }
+		}
+	}
+	cs = append(cs, w)
+	// net/http/cgi routes by the URL the CGI variables give: "/".
+	env := append([]string{"SCRIPT_NAME=", "PATH_INFO=/"}, helloEnv...)
+	cs = append(cs, linuxSeqContender("hvt-linux-go-cgi", "unmodified Go net/http/cgi program (examples/linux/gocgi), no snapshot",
+		a.goCGIELF, machine.Limits{Memory: goLinuxMemory}, env, skip("gocgi-go")))
+	return cs
 }

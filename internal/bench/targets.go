@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"math"
+	"strings"
 	"time"
 )
 
@@ -160,6 +161,28 @@ func linuxTargets(row func(string) *Row) []Target {
 		ts = append(ts, t)
 	} else {
 		missing(exWhat, "<= calls + 1", "hvt-linux-glibc did not run")
+	}
+
+	const goWhat = "hvt Go dustgo hello from its post-init snapshot, p50"
+	const goMax = 400 * time.Microsecond
+	if g := row("hvt-linux-go-dustgo"); g != nil {
+		t := Target{Issue: "11", What: goWhat, Want: "<= 400 µs", Value: jsonFloat(float64(g.P50) / 1e3), Met: g.P50 <= goMax, Measured: true}
+		t.Got = fmt.Sprintf("%s, %.1f exits/req, CPU/req %s", fmtDur(g.P50), g.Exits, fmtDur(g.CPUPerReq))
+		var vs []string
+		for _, o := range []string{"posix-spawn-go-dustgo", "wasm-go-dustgo", "wasm-go", "hvt-linux-go-cgi"} {
+			if r := row(o); r != nil {
+				vs = append(vs, fmt.Sprintf("%s %s (%.2fx)", o, fmtDur(r.P50), Ratio(g.P50, r.P50)))
+			}
+		}
+		if len(vs) > 0 {
+			t.Got += "; against " + strings.Join(vs, ", ")
+		}
+		if !t.Met {
+			t.Reason = fmt.Sprintf("over by %s: %s", fmtDur(g.P50-goMax), exitsCost(g))
+		}
+		ts = append(ts, t)
+	} else {
+		missing(goWhat, "<= 400 µs", "hvt-linux-go-dustgo did not run")
 	}
 	return ts
 }

@@ -332,7 +332,7 @@ func TestLinuxThreadsDeadlock(t *testing.T) {
 // from its entry point every request): p50, exits and system calls per
 // request.
 func BenchmarkLinuxGo(b *testing.B) {
-	for _, name := range []string{"hello", "cgi"} {
+	for _, name := range []string{"hello", "cgi", "readyhello"} {
 		b.Run("hvt-restore-"+name, func(b *testing.B) {
 			elf, _ := goELF(b, name)
 			im, err := Prepare(elf, goLimits)

@@ -143,3 +143,41 @@ func withEnv(env []string, set ...string) []string {
 	}
 	return out
 }
+
+// An http.Handler through dusthttp, from its snapshot: routes, methods,
+// bodies and status codes are the request's.
+func TestLinuxGoSnapshotHTTP(t *testing.T) {
+	im := prepareGo(t, "readyhttp", goLimits)
+	if !im.Snapshotted() {
+		t.Fatal("not snapshotted")
+	}
+	m, err := im.newMachine()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	for i, tc := range []struct {
+		method, path, body, want string
+	}{
+		{"POST", "/upper", "hello", "X-Len: 5\r\n"},
+		{"GET", "/teapot", "", "Status: 418"},
+		{"GET", "/nothing", "", "Status: 404"},
+		{"POST", "/upper", strings.Repeat("x", 100000), "X-Len: 100000\r\n"},
+	} {
+		req := &machine.Request{
+			Env: withEnv(helloEnv, "REQUEST_METHOD="+tc.method, "SCRIPT_NAME=", "PATH_INFO="+tc.path,
+				fmt.Sprintf("CONTENT_LENGTH=%d", len(tc.body)), "CONTENT_TYPE=text/plain"),
+			Body: strings.NewReader(tc.body), BodyLen: int64(len(tc.body)),
+		}
+		res, out, log := runLinux(m, req)
+		if err := res.Err(); err != nil || res.ExitStatus != 0 {
+			t.Fatalf("%d: %v status %d (log %q)", i, err, res.ExitStatus, log)
+		}
+		if !strings.Contains(out, tc.want) {
+			t.Errorf("%d %s %s: answered %.200q, want %q in it", i, tc.method, tc.path, out, tc.want)
+		}
+		if err := m.Reset(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -72,7 +72,7 @@ const (
 	maxRandHops     = 4
 	maxRandRegions  = 8
 	maxRandRegion   = 512
-	maxRandBytes    = 4 << 10
+	maxRandBytes    = 2 << 10
 )
 
 type randDesc struct {
