@@ -39,7 +39,9 @@ func main() {
 			"method": r.Method, "path": r.URL.Path, "query": r.URL.Query(), "agent": r.UserAgent(),
 		})
 	})
-	if err := cgi.Serve(mux); err != nil {
+	// net/http/cgi takes the URL from REQUEST_URI, which includes the
+	// path the app is mounted at (SCRIPT_NAME): routes are below it.
+	if err := cgi.Serve(http.StripPrefix(os.Getenv("SCRIPT_NAME"), mux)); err != nil {
 		fmt.Fprintln(os.Stderr, "gocgi:", err)
 		os.Exit(1)
 	}
