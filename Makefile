@@ -46,6 +46,7 @@ test-guest:
 test-go: examples
 	$(GO) test -count=1 ./...
 	DUST_HVT_ISOLATION=restore $(GO) test -count=1 ./internal/hvt/
+	$(GO) test -race -count=1 ./internal/linux/
 
 # Everything CI runs: lint, guest host-side tests, Go tests (KVM ones
 # included; DUST_REQUIRE_KVM=1 makes a missing /dev/kvm fatal) and the

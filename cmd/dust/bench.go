@@ -2,12 +2,11 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -28,12 +27,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) int {
 		}
 		return exitOK
 	}
-	fs := flag.NewFlagSet("dust bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, `usage: dust bench [--quick] [--duration D] [--json] [--out DIR] [--baseline NAME]
-
-Runs every contender (Dust hvt restored and fresh, its KVM_RUN floor, wasm,
+	f := newCmdFlags("bench", "[flags]", `Runs every contender (Dust hvt restored and fresh, its KVM_RUN floor, wasm,
 posix_spawn, a container per request (namespaces, runc), net/http/cgi, QEMU
 microvm, plain net/http) on the same hello program, alternating them in
 rounds, and prints latency, throughput, CPU per request, ratios, the cost of
@@ -41,24 +35,42 @@ a restore against pages dirtied and guest size, and the targets. Run it
 from the repository root after `+"`make build examples wasm-examples`"+`
 (or use `+"`make bench`"+`). Progress goes to stderr.
 
-`)
-		fs.PrintDefaults()
+A full run writes its SVG charts and report.json to --out (default
+docs/bench, the figures the docs show); --quick writes nothing unless
+--out is given, so a try-out leaves the checkout as it was.`, `  dust bench --quick                     # about 15 s, writes no files
+  dust bench                             # full run; charts to docs/bench
+  dust bench --duration 2m --out /tmp/b  # longer, charts elsewhere
+  dust bench --quick --json > report.json`)
+	quick := f.Bool("quick", false, "short run (about 15 s) for CI: no memory or scaling sections, no files written unless --out is given")
+	dur := f.duration("duration", "machine-layer phase length; other phases scale with it (default 60s, 8s with --quick; at most 24h)")
+	asJSON := f.Bool("json", false, "print the report as JSON")
+	out := f.str("out", "DIR", `directory for the SVG charts and report.json (default docs/bench; with --quick none; "" for none)`)
+	baseline := f.str("baseline", "NAME", "contender the p50 ratio column compares with (default posix-spawn)")
+	examples := f.str("examples", "DIR", "examples directory, built by make examples wasm-examples (default examples)")
+	pos, code, ok := f.parse(args, stdout, stderr)
+	if !ok {
+		return code
 	}
-	quick := fs.Bool("quick", false, "short run (about 15 s) for CI: no memory or scaling sections")
-	dur := fs.Duration("duration", 0, "machine-layer phase length; other phases scale with it (default 60s, 8s with --quick)")
-	asJSON := fs.Bool("json", false, "print the report as JSON")
-	out := fs.String("out", "docs/bench", "`directory` for the SVG charts and report.json (\"\" for none)")
-	baseline := fs.String("baseline", "posix-spawn", "contender the p50 ratio column compares with")
-	examples := fs.String("examples", "examples", "examples `directory` (make examples wasm-examples)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
+	if len(pos) > 0 {
+		return f.usageErr(stderr, "want no arguments, got %s", strings.Join(pos, " "))
+	}
+	if dur.v > 24*time.Hour {
+		fmt.Fprintf(stderr, "dust bench: --duration %v: want at most 24h\n", dur.v)
 		return exitUsage
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "dust bench: unexpected arguments %q\n", fs.Args())
-		return exitUsage
+	outDir := "docs/bench"
+	switch {
+	case out.given:
+		outDir = out.v
+	case *quick:
+		outDir = "" // a quick run's figures are not the ones to keep
+	}
+	base, exDir := "posix-spawn", "examples"
+	if baseline.given {
+		base = baseline.v
+	}
+	if examples.given {
+		exDir = examples.v
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -66,13 +78,9 @@ from the repository root after `+"`make build examples wasm-examples`"+`
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if *dur < 0 || *dur > 24*time.Hour {
-		fmt.Fprintf(stderr, "dust bench: --duration %v out of range\n", *dur)
-		return exitUsage
-	}
 	_, err = bench.Run(ctx, bench.Options{
-		Quick: *quick, Duration: *dur, JSON: *asJSON, Out: *out, Baseline: *baseline,
-		Examples: *examples, Self: self, Stdout: stdout, Stderr: stderr,
+		Quick: *quick, Duration: dur.v, JSON: *asJSON, Out: outDir, Baseline: base,
+		Examples: exDir, Self: self, Stdout: stdout, Stderr: stderr,
 	})
 	if err != nil {
 		fmt.Fprintf(stderr, "dust bench: %v\n", err)

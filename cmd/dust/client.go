@@ -11,7 +11,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -119,7 +118,7 @@ func adminExit(err error) int {
 	var ae *adminError
 	if errors.As(err, &ae) {
 		switch ae.status {
-		case http.StatusUnauthorized:
+		case http.StatusUnauthorized, http.StatusServiceUnavailable:
 			return exitUnavailable
 		case http.StatusUnprocessableEntity:
 			return exitBadImage
@@ -145,17 +144,24 @@ type adminCommand struct {
 
 var adminCommands = map[string]adminCommand{
 	"deploy": {
-		synopsis: "NAME IMAGE [flags]",
+		synopsis: "NAME IMAGE [flags]  |  dust deploy [-f dust.toml] [flags]",
 		about: `Deploys IMAGE (an ELF built for Dust, or a WebAssembly module; - reads it
 from stdin) as app NAME, or redeploys it. A redeploy keeps every setting it
 does not give: flags change only what they name. Giving a setting as 0
 (or --host "") puts it back to the default. Deploying the image and
-settings the current version already has makes no new version.`,
+settings the current version already has makes no new version.
+
+With no NAME IMAGE (or with -f) it deploys the app manifest, ./dust.toml:
+runs its build command, then deploys its image with exactly the settings
+it gives (a key it leaves out is the default, not inherited); flags given
+as well override the manifest for this deploy (docs/manifest.md).`,
 		example: `  dust deploy myapp app.elf --route /my --timeout 2s --memory 16MiB
   dust deploy myapp app2.elf --env GREETING=howdy     # keeps /my, 2s, 16MiB
-  cat app.wasm | dust deploy myapp - --secret DB_PASS=hunter2`,
+  cat app.wasm | dust deploy myapp - --secret DB_PASS=hunter2
+  dust deploy                                         # ./dust.toml
+  dust deploy -f ../other/dust.toml --timeout 30s`,
 		args:  []string{"NAME", "IMAGE"},
-		flags: deployFlags,
+		flags: deployCommand, // NAME IMAGE, or no arguments: the manifest (manifest.go)
 	},
 	"apps": {
 		synopsis: "[flags]",
@@ -235,7 +241,7 @@ settings the current version already has makes no new version.`,
 	},
 	"gc": {
 		synopsis: "[flags]",
-		about: `Gives disk back now: deletes the images no version of any app uses (uploaded
+		about: `Gives disk back now: deletes the images and files layers no version of any app uses (uploaded
 more than 15 minutes ago, so deploys in progress keep theirs) and the
 compiled code of images no kept version uses, and says how much it freed.
 The server does the same by itself every hour and whenever it removes an
@@ -250,7 +256,7 @@ app or refuses a deploy.`,
 					stdout.Write(raw)
 					return err
 				}
-				fmt.Fprintf(stdout, "images removed: %d (%s); compiled code pruned: %s\n", res.ImagesRemoved, res.ImageBytes, res.CompiledBytes)
+				fmt.Fprintf(stdout, "images and files layers removed: %d (%s); compiled code pruned: %s\n", res.ImagesRemoved, res.ImageBytes, res.CompiledBytes)
 				return nil
 			}
 		},
@@ -279,15 +285,36 @@ func deployFlags(f *cmdFlags) func(*adminClient, []string, io.Writer, io.Writer)
 	maxBody := f.size("max-body", fmt.Sprintf("largest request body (default %s)", gateway.FormatSize(gateway.DefaultMaxBody)))
 	passAuth := f.boolean("pass-authorization", "pass the Authorization header to the app (default false)")
 	isolation := f.str("isolation", "MODE", "restore (the default: a machine is reset and reused after a clean request) or fresh (a new machine per request)")
+	serve := f.str("serve", "MODE", "cgi (the default: one CGI request per machine) or http (a static Linux HTTP server program listening on $PORT, snapshotted when it first waits for a connection, one connection per request)")
 	env := f.kvs("env", false, "set an environment variable (repeatable); merged into the inherited env, KEY= sets an empty value")
 	unsetEnv := f.kvs("unset-env", true, "remove an inherited environment variable (repeatable)")
 	secrets := f.kvs("secret", false, "set a secret, given to the app in its environment and never shown (repeatable)")
+	args := f.strs("arg", "ARG", "a fixed argument after argv[0], such as a script (repeatable, in order); replaces the inherited ones")
+	noArgs := f.boolean("no-args", "remove the inherited fixed arguments")
+	queryArgs := f.boolean("query-args", "also pass the query's items as arguments, after the fixed ones (WAGI's convention; default false)")
+	files := f.str("files", "DIR", "pack DIR as the app's read-only files, mounted at /app; replaces the inherited ones")
+	noFiles := f.boolean("no-files", "remove the inherited files")
 	asJSON := f.Bool("json", false, "print the API's JSON")
 	return func(c *adminClient, pos []string, stdout, stderr io.Writer) error {
 		name, image := pos[0], pos[1]
+		dropArgs, dropFiles := noArgs.given && noArgs.v, noFiles.given && noFiles.v
+		if args.given && dropArgs {
+			return badUsage("--arg and --no-args: give the arguments or remove them, not both")
+		}
+		if files.given && dropFiles {
+			return badUsage("--files and --no-files: give the files or remove them, not both")
+		}
+		if err := checkArgs(args.v); err != nil {
+			return err
+		}
 		if isolation.given {
-			if m := strings.ToLower(isolation.v); m != "restore" && m != "fresh" {
+			if m := strings.ToLower(isolation.v); m != "" && m != "restore" && m != "fresh" {
 				return badUsage("--isolation %q: want restore or fresh", isolation.v)
+			}
+		}
+		if serve.given {
+			if m := strings.ToLower(serve.v); m != "" && m != "cgi" && m != "http" {
+				return badUsage("--serve %q: want cgi or http", serve.v)
 			}
 		}
 		if route.given && route.v != "" && !strings.HasPrefix(route.v, "/") {
@@ -302,6 +329,9 @@ func deployFlags(f *cmdFlags) func(*adminClient, []string, io.Writer, io.Writer)
 		}
 		if isolation.given {
 			q.Set("isolation", strings.ToLower(isolation.v))
+		}
+		if serve.given {
+			q.Set("serve", strings.ToLower(serve.v))
 		}
 		if memory.given {
 			q.Set("memory", strconv.FormatInt(memory.v, 10))
@@ -330,16 +360,40 @@ func deployFlags(f *cmdFlags) func(*adminClient, []string, io.Writer, io.Writer)
 		for _, k := range unsetEnv.v {
 			q.Add("unset_env", k)
 		}
+		for _, a := range args.v {
+			q.Add("arg", a)
+		}
+		if dropArgs {
+			q.Set("no_args", "true")
+		}
+		if queryArgs.given {
+			q.Set("query_args", strconv.FormatBool(queryArgs.v))
+		}
+		if dropFiles {
+			q.Set("files", "") // present and empty: none
+		}
 		hdr := http.Header{}
 		for _, kv := range secrets.v {
 			k, v, _ := strings.Cut(kv, "=")
 			hdr.Add(gateway.SecretHeader, k+"="+url.QueryEscape(v))
+		}
+		var layer []byte
+		if files.given {
+			var err error
+			if layer, err = packFiles(files.v); err != nil {
+				return err
+			}
 		}
 		body, closeImage, err := openImage(image)
 		if err != nil {
 			return err
 		}
 		defer closeImage()
+		if files.given {
+			var ct string
+			body, ct = withFiles(body, layer)
+			hdr.Set("Content-Type", ct)
+		}
 		var res gateway.DeployResult
 		raw, err := c.call("PUT", "/v1/apps/"+url.PathEscape(name)+"?"+q.Encode(), body, hdr, &res)
 		if err != nil || *asJSON {
@@ -400,7 +454,8 @@ func cmdAdmin(name string, args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return code
 	}
-	if len(pos) != len(spec.args) {
+	// deploy with no arguments deploys ./dust.toml (manifest.go).
+	if len(pos) != len(spec.args) && !(name == "deploy" && len(pos) == 0) {
 		return f.usageErr(stderr, "want %s, got %d argument(s)", argList(spec.args), len(pos))
 	}
 	c, err := client()
@@ -561,6 +616,8 @@ func printApp(w io.Writer, a gateway.AppView) {
 	if a.Status != nil && a.Status.EffectiveIsolation != a.Status.Isolation {
 		isolation += ", runs " + a.Status.EffectiveIsolation + " (" + a.Kind + ")"
 	}
+	files := s
+	files.FilesSize = humanSize(s.FilesSize)
 	fmt.Fprintln(tw, "\nsettings")
 	for _, row := range [][2]string{
 		{"route", s.Route}, {"host", host},
@@ -570,7 +627,10 @@ func printApp(w io.Writer, a gateway.AppView) {
 		{"queue-wait", or(s.QueueWait, lim.QueueWait)}, {"max-body", or(s.MaxBody, lim.MaxBody)},
 		{"pass-authorization", strconv.FormatBool(s.PassAuthorization)},
 		{"isolation", isolation},
-		{"env", strings.Join(s.Env, " ")},
+		{"env", orNone(strings.Join(s.Env, " "))},
+		{"args", argsText(s.Args)},
+		{"query-args", strconv.FormatBool(s.QueryArgs)},
+		{"files", filesText(files)},
 		{"secrets", strings.Join(a.Secrets, ", ") + valuesHidden(a.Secrets)},
 	} {
 		fmt.Fprintf(tw, "  %s\t%s\n", row[0], row[1])
@@ -595,20 +655,40 @@ func printApp(w io.Writer, a gateway.AppView) {
 			if v.Current {
 				mark = "*"
 			}
-			fmt.Fprintf(tw, "  %s\tv%d\t%s\t%s\t%s\t%s\t%s\n", mark, v.Version, v.CreatedAt.Local().Format("2006-01-02 15:04:05"), v.Kind, v.Size, shortDigest(v.Digest), v.Settings.Route)
+			fmt.Fprintf(tw, "  %s\tv%d\t%s\t%s\t%s\t%s\t%s\n", mark, v.Version, v.CreatedAt.Local().Format("2006-01-02 15:04:05"), v.Kind, humanSize(v.Size), shortDigest(v.Digest), v.Settings.Route)
 		}
 		tw.Flush()
 	}
 	if len(a.Failures) > 0 {
-		fmt.Fprintln(w, "\nrecent failures (dust logs "+a.Name+" for details)")
+		// Newest first, as the server gives them, from the app's log.
+		fmt.Fprintln(w, "\nrecent failures (newest first; dust logs "+a.Name+" has every line)")
 		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fails := a.Failures
-		sort.SliceStable(fails, func(i, j int) bool { return fails[i].Time.After(fails[j].Time) })
-		for _, e := range fails[:min(len(fails), 10)] {
-			fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\n", e.Time.Local().Format("15:04:05"), e.Status, e.RequestID, e.Reason)
+		for _, e := range a.Failures {
+			what := e.Outcome
+			if e.Detail != "" {
+				what += ": " + e.Detail
+			}
+			fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\n", e.Time.Local().Format("2006-01-02 15:04:05"), e.Status, e.RequestID, what)
 		}
 		tw.Flush()
 	}
+}
+
+// humanSize shows a size the API gives exactly ("39664B") as people read
+// it ("38.7KiB"); one that does not parse is shown as it came.
+func humanSize(s string) string {
+	n, err := gateway.ParseSize(s)
+	if err != nil || s == "" {
+		return s
+	}
+	return gateway.HumanSize(n)
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
 }
 
 func valuesHidden(names []string) string {

@@ -25,7 +25,8 @@ type cmdFlags struct {
 	synopsis string // "NAME IMAGE [flags]"
 	about    string
 	example  string
-	bad      string // the message for the first bad flag value
+	bad      string            // the message for the first bad flag value
+	short    map[string]string // long name -> its one-letter alias
 }
 
 func newCmdFlags(name, synopsis, about, example string) *cmdFlags {
@@ -46,15 +47,31 @@ func (f *cmdFlags) fail(name, value, want string) error {
 // help writes the synopsis, the flags with their defaults, and an example.
 func (f *cmdFlags) help(w io.Writer) {
 	fmt.Fprintf(w, "usage: dust %s %s\n\n%s\n", f.name, f.synopsis, f.about)
+	aliases := map[string]bool{}
+	for _, s := range f.short {
+		aliases[s] = true
+	}
 	n := 0
 	f.VisitAll(func(*flag.Flag) { n++ })
 	if n > 0 {
 		fmt.Fprint(w, "\nflags:\n")
 		f.VisitAll(func(fl *flag.Flag) {
+			if aliases[fl.Name] {
+				return // shown with its long name
+			}
 			arg, usage := flag.UnquoteUsage(fl)
 			head := "  --" + fl.Name
+			if len(fl.Name) == 1 {
+				head = "  -" + fl.Name // -f, -v: short flags, as tar and curl spell them
+			}
+			if s, ok := f.short[fl.Name]; ok {
+				head = "  -" + s + ", --" + fl.Name
+			}
 			if arg != "" {
 				head += " " + strings.ToUpper(arg)
+				// The usage names its argument first ("SIZE: ..."): the
+				// head has said it.
+				usage = strings.TrimSpace(strings.TrimPrefix(strings.TrimPrefix(usage, arg), ":"))
 			}
 			fmt.Fprintf(w, "%s\n      %s\n", head, usage)
 		})
@@ -62,6 +79,16 @@ func (f *cmdFlags) help(w io.Writer) {
 	if f.example != "" {
 		fmt.Fprintf(w, "\nexample:\n%s\n", f.example)
 	}
+}
+
+// alias makes -short another name for the flag --long.
+func (f *cmdFlags) alias(short, long string) {
+	fl := f.Lookup(long)
+	f.Var(fl.Value, short, fl.Usage)
+	if f.short == nil {
+		f.short = map[string]string{}
+	}
+	f.short[long] = short
 }
 
 // parse parses args, flags and positional arguments in any order. On
@@ -131,6 +158,7 @@ type value[T any] struct {
 	parse  func(string) (T, bool)
 	format func(T) string
 	v      T
+	raw    string // as typed, for messages about a value the flag accepted
 	given  bool
 }
 
@@ -146,7 +174,7 @@ func (x *value[T]) Set(v string) error {
 	if !ok {
 		return x.f.fail(x.name, v, x.want)
 	}
-	x.v, x.given = n, true
+	x.v, x.raw, x.given = n, v, true
 	return nil
 }
 
@@ -251,4 +279,29 @@ func validKey(k string) bool {
 		}
 	}
 	return true
+}
+
+// strList is a repeatable flag of free text (--arg X --arg Y), kept in
+// order; any text is a value, an empty one and one starting with "-" too.
+type strList struct {
+	v     []string
+	given bool
+}
+
+func (l *strList) String() string {
+	if l == nil {
+		return ""
+	}
+	return strings.Join(l.v, " ")
+}
+
+func (l *strList) Set(v string) error {
+	l.v, l.given = append(l.v, v), true
+	return nil
+}
+
+func (f *cmdFlags) strs(name, arg, usage string) *strList {
+	l := &strList{}
+	f.Var(l, name, "`"+arg+"`: "+usage)
+	return l
 }

@@ -18,7 +18,9 @@ const usage = `usage: dust <command> [flags]
 commands:
   run IMAGE            run one request through a pristine machine and print the response
   serve                run the gateway: a pristine machine per HTTP request
-  deploy NAME IMAGE    deploy (or redeploy) an app; unset settings are kept
+  new TEMPLATE DIR     write a working app and its manifest dust.toml (templates: c, go-wasm, linux-c, go-linux)
+  dev [DIR]            serve the app in DIR on a local gateway; rebuild and redeploy when its sources change
+  deploy NAME IMAGE    deploy (or redeploy) an app; unset settings are kept (no arguments: ./dust.toml)
   apps                 list deployed apps
   app NAME             show an app: settings, versions, live status, recent failures
   rollback NAME        switch an app back to its previous version (--to N: version N)
@@ -26,6 +28,7 @@ commands:
   gc                   give disk back now: unused images and compiled code
   logs NAME            print an app's log (-f: follow, --since 10m)
   secret set|rm|ls APP set, remove or list an app's secrets
+  status               show the cluster: nodes, their load, where each app is ready
   bench                measure Dust against processes, CGI, QEMU and wasm, side by side
   version              print the version
 
@@ -55,6 +58,12 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		return cmdAdmin(args[0], args[1:], stdout, stderr)
 	case "secret", "secrets":
 		return cmdSecret(args[1:], stdout, stderr)
+	case "status":
+		return cmdStatus(args[1:], stdout, stderr)
+	case "new":
+		return cmdNew(args[1:], stdout, stderr)
+	case "dev":
+		return cmdDev(args[1:], stdout, stderr)
 	case "bench":
 		return cmdBench(args[1:], stdout, stderr)
 	case "version":

@@ -2,11 +2,12 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/textproto"
 	"os"
@@ -16,51 +17,25 @@ import (
 	"time"
 
 	"github.com/dust-run/dust/internal/cgi"
+	"github.com/dust-run/dust/internal/gateway"
 	"github.com/dust-run/dust/internal/hvt"
 	"github.com/dust-run/dust/internal/machine"
+	"github.com/dust-run/dust/internal/store"
 	"github.com/dust-run/dust/internal/wasm"
 )
 
-// listFlag collects a repeatable string flag.
-type listFlag []string
-
-func (l *listFlag) String() string     { return strings.Join(*l, ", ") }
-func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
-
-// sizeFlag is a byte size such as 32MiB, 512KiB, 1GiB or 4096.
+// sizeFlag is a byte size such as 32MiB, 512KiB, 1GiB or 4096, for
+// commands on the flag package's own usage (serve).
 type sizeFlag int64
 
-func (s *sizeFlag) String() string { return fmt.Sprint(int64(*s)) }
+func (s *sizeFlag) String() string { return gateway.FormatSize(int64(*s)) }
 func (s *sizeFlag) Set(v string) error {
-	n, err := parseSize(v)
+	n, err := gateway.ParseSize(v)
 	if err != nil {
 		return err
 	}
 	*s = sizeFlag(n)
 	return nil
-}
-
-func parseSize(v string) (int64, error) {
-	units := []struct {
-		suffix string
-		mult   int64
-	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1}}
-	mult := int64(1)
-	num := strings.TrimSpace(v)
-	for _, u := range units {
-		if strings.HasSuffix(num, u.suffix) {
-			num, mult = strings.TrimSpace(strings.TrimSuffix(num, u.suffix)), u.mult
-			break
-		}
-	}
-	var n int64
-	if _, err := fmt.Sscanf(num, "%d", &n); err != nil || n < 0 || fmt.Sprint(n) != num {
-		return 0, fmt.Errorf("size %q: want a non-negative integer with an optional unit (KiB, MiB, GiB)", v)
-	}
-	if n > (1<<62)/mult {
-		return 0, fmt.Errorf("size %q is too large", v)
-	}
-	return n * mult, nil
 }
 
 // kindFor picks the machine kind from the image's magic bytes.
@@ -76,59 +51,82 @@ func kindFor(image []byte) (machine.Kind, error) {
 	return nil, fmt.Errorf("%w: neither an ELF (hvt) nor a WebAssembly image (magic %q)", machine.ErrBadImage, image[:min(4, len(image))])
 }
 
-func cmdRun(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("dust run", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, "usage: dust run [flags] IMAGE\n\nRuns one request through one brand-new machine and prints the HTTP response.\nWith -requests N the same request is served N times, on one machine restored\nbetween requests (-isolation restore) or on N new machines (-isolation fresh).\n\nflags:\n")
-		fs.PrintDefaults()
-	}
-	var (
-		headers, env listFlag
-		memory       = sizeFlag(0)
-		maxOut       = sizeFlag(0)
-		maxLog       = sizeFlag(0)
-	)
-	method := fs.String("method", "GET", "request `method`")
-	fs.StringVar(method, "X", "GET", "request `method` (short for -method)")
-	path := fs.String("path", "/", "request `path` with optional ?query")
-	fs.Var(&headers, "H", "request header `Name: value` (repeatable)")
-	fs.Var(&headers, "header", "request header `Name: value` (repeatable)")
-	data := fs.String("data", "", "request body: a `STRING`, or @FILE to read a file")
-	fs.StringVar(data, "d", "", "request body (short for -data)")
-	fs.Var(&env, "env", "app environment variable `KEY=VALUE` (repeatable)")
-	fs.Var(&env, "e", "app environment variable `KEY=VALUE` (short for -env)")
-	fs.Var(&memory, "memory", "guest memory `size` (e.g. 16MiB; default 16MiB)")
-	timeout := fs.Duration("timeout", 0, "wall-clock `deadline` (default 10s)")
-	fs.Var(&maxOut, "max-output", "largest response in bytes (`size`, default 64MiB)")
-	fs.Var(&maxLog, "max-log", "largest log (stderr) output (`size`, default 1MiB)")
-	verbose := fs.Bool("v", false, "print the outcome, VM exits and timings to stderr (per request with -requests)")
-	isolation := fs.String("isolation", machine.IsolationRestore, "isolation `mode` between -requests: restore (reset one machine) or fresh (a new machine each)")
-	requests := fs.Int("requests", 1, "serve the same request `N` times; the last response is printed")
+const runAbout = `Runs one request through one brand-new machine and prints the HTTP
+response (status line, headers, body) on stdout; if the request failed,
+one line on stderr says why, and the exit code says how (docs/cli.md).
 
-	// Flags may come before or after the image.
-	pos, code, ok := parseInterleaved(fs, args)
+The machine is given what a deployed app's would be: argv[0] is the
+request path, then the --arg values, then the query's items only with
+--query-args; --files DIR is packed and mounted read-only at /app, and
+refused exactly when dust deploy --files would refuse it. With --requests
+N the same request is served N times, on one machine restored between
+requests (--isolation restore) or on N new machines (--isolation fresh).`
+
+const runExample = `  dust run examples/hello/hello.elf
+  dust run app.wasm -X POST --path '/greet?name=ann' -d 'hi there' -v
+  dust run lua.wasm --files ./site --arg /app/main.lua --path /hello
+  dust run app.elf --requests 100 --isolation restore -v`
+
+func cmdRun(args []string, stdout, stderr io.Writer) int {
+	f := newCmdFlags("run", "IMAGE [flags]", runAbout, runExample)
+	method := f.str("method", "METHOD", "request method (default GET)")
+	f.alias("X", "method")
+	path := f.str("path", "PATH", "request path with an optional ?query (default /)")
+	headers := f.strs("header", "NAME: VALUE", "a request header (repeatable)")
+	f.alias("H", "header")
+	data := f.str("data", "BODY", "the request body: text, or @FILE to send a file")
+	f.alias("d", "data")
+	env := f.kvs("env", false, "set an environment variable for the app (repeatable)")
+	f.alias("e", "env")
+	memory := f.size("memory", "guest memory (default 16MiB; hvt: a multiple of 2MiB)")
+	timeout := f.duration("timeout", "wall-clock deadline of each request (default 10s)")
+	maxOut := f.size("max-output", "largest response (default 64MiB)")
+	maxLog := f.size("max-log", "largest log, what the app writes to stderr (default 1MiB)")
+	fixed := f.strs("arg", "ARG", "a fixed argument after argv[0], such as a script (repeatable, in order)")
+	noArgs := f.boolean("no-args", "no fixed arguments (the default; as dust deploy --no-args)")
+	queryArgs := f.boolean("query-args", "also pass the query's items as arguments, after the fixed ones (WAGI's convention; default false)")
+	files := f.str("files", "DIR", "pack DIR as the app's read-only files and mount them at /app, as dust deploy --files does")
+	verbose := f.Bool("v", false, "print each request's outcome, VM exits, memory and timings to stderr (and a summary with --requests)")
+	isolation := f.str("isolation", "MODE", "between --requests: restore (reset one machine) or fresh (a new machine each) (default restore)")
+	requests := f.integer("requests", 1, "want a whole number, at least 1", "serve the same request N times; the last response is printed (default 1)")
+
+	pos, code, ok := f.parse(args, stdout, stderr)
 	if !ok {
 		return code
 	}
 	if len(pos) != 1 {
-		fmt.Fprintf(stderr, "dust run: want exactly one IMAGE, got %d arguments\n", len(pos))
-		fs.Usage()
-		return exitUsage
+		return f.usageErr(stderr, "want IMAGE, got %d argument(s)", len(pos))
 	}
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "dust run: %v\n", err)
 		return exitCode(err)
 	}
-	mode := strings.ToLower(*isolation)
-	if mode == "" || !machine.ValidIsolation(mode) {
-		return fail(fmt.Errorf("%w: -isolation %q: want %s or %s", errUsage, *isolation, machine.IsolationRestore, machine.IsolationFresh))
+	mode := machine.IsolationRestore
+	if isolation.given {
+		mode = strings.ToLower(isolation.v)
+		if mode == "" || !machine.ValidIsolation(mode) {
+			return fail(badUsage("--isolation %q: want %s or %s", isolation.v, machine.IsolationRestore, machine.IsolationFresh))
+		}
 	}
-	if *requests < 1 {
-		return fail(fmt.Errorf("%w: -requests %d: want at least 1", errUsage, *requests))
+	n := 1
+	if requests.given {
+		n = requests.v
+	}
+	if fixed.given && noArgs.given && noArgs.v {
+		return fail(badUsage("--arg and --no-args: give the arguments or remove them, not both"))
+	}
+	if err := checkArgs(fixed.v); err != nil {
+		return fail(err)
+	}
+	reqMethod, reqPath := http.MethodGet, "/"
+	if method.given && method.v != "" {
+		reqMethod = strings.ToUpper(method.v)
+	}
+	if path.given {
+		reqPath = path.v
 	}
 
-	image, err := os.ReadFile(pos[0])
+	image, err := readImage(pos[0])
 	if err != nil {
 		return fail(err)
 	}
@@ -136,16 +134,25 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(fmt.Errorf("%s: %w", pos[0], err))
 	}
-	limits := machine.Limits{Memory: int64(memory), Timeout: *timeout, MaxOutput: int64(maxOut), MaxLog: int64(maxLog)}
-	img, err := kind.Prepare(image, limits)
+	var mount fs.FS
+	if files.given {
+		if mount, err = filesLayer(files.v); err != nil {
+			return fail(err)
+		}
+	}
+	limits := machine.Limits{Memory: memory.v, Timeout: timeout.v, MaxOutput: maxOut.v, MaxLog: maxLog.v}
+	img, err := machine.Prepare(kind, image, limits, mount)
 	if err != nil {
+		if errors.Is(err, machine.ErrBadLimits) {
+			return fail(memoryError(kind, memory, err))
+		}
 		return fail(fmt.Errorf("%s: %w", pos[0], err))
 	}
 	defer img.Close()
 
-	creq, body, err := buildRequest(*method, *path, headers, *data, env)
+	creq, body, err := buildRequest(reqMethod, reqPath, headers.v, data.v, env.v)
 	if err != nil {
-		return fail(fmt.Errorf("%w: %v", errUsage, err))
+		return fail(err)
 	}
 	if c, ok := body.(io.Closer); ok {
 		defer c.Close()
@@ -153,14 +160,66 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	r := &runner{
-		img: img, creq: creq, body: body, head: *method == http.MethodHead,
-		n: *requests, restore: mode == machine.IsolationRestore,
+		img: img, creq: creq, argv: creq.Argv(fixed.v, queryArgs.v), body: body, head: reqMethod == http.MethodHead,
+		n: n, restore: mode == machine.IsolationRestore,
 		stdout: stdout, stderr: stderr, verbose: *verbose,
 	}
 	if err := r.run(ctx); err != nil {
 		return fail(err)
 	}
 	return exitOK
+}
+
+// readImage reads IMAGE as deploy opens it: - is stdin, and a directory
+// or an empty file is refused with what to give instead.
+func readImage(path string) ([]byte, error) {
+	r, closeImage, err := openImage(path)
+	if err != nil {
+		return nil, err
+	}
+	defer closeImage()
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("IMAGE %s: %w", path, err)
+	}
+	return b, nil
+}
+
+// filesLayer is --files DIR as a deploy would mount it: packed by the
+// client's code (packFiles, which refuses what dust deploy --files
+// refuses, in the same words) and read back through the store's
+// validator into the read-only layer the gateway gives a machine.
+func filesLayer(dir string) (fs.FS, error) {
+	packed, err := packFiles(dir)
+	if err != nil {
+		return nil, err
+	}
+	l, err := store.LayerFrom(bytes.NewReader(packed))
+	if err != nil {
+		return nil, badUsage("--files %s: %v", dir, err)
+	}
+	return l, nil
+}
+
+// memoryError says why the kind refused the memory size, naming the flag,
+// the value as typed and, for hvt, the sizes allowed. Memory is the only
+// limit a kind checks against the image.
+func memoryError(kind machine.Kind, memory *value[int64], err error) error {
+	typed := memory.raw
+	if !memory.given {
+		typed = gateway.FormatSize(machine.DefaultMemory) + " (the default)"
+	}
+	n := memory.v
+	if !memory.given {
+		n = machine.DefaultMemory
+	}
+	// hvt's rule (layout.go): whole 2MiB pages, its identity map's unit.
+	const hvtPage = 2 << 20
+	if kind.Name() == "hvt" && (n < hvt.MinMemory || n > hvt.MaxMemory || n%hvtPage != 0) {
+		return badUsage("--memory %s: want a multiple of 2MiB from %dMiB to %dMiB for an hvt image", typed, hvt.MinMemory>>20, hvt.MaxMemory>>20)
+	}
+	why, _ := strings.CutPrefix(err.Error(), machine.ErrBadLimits.Error()+": ")
+	return badUsage("--memory %s: %s", typed, why)
 }
 
 // runner serves one request -requests times. In restore mode the machine
@@ -175,6 +234,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 type runner struct {
 	img     machine.Image
 	creq    *cgi.Request
+	argv    []string // creq's, with the fixed arguments (cgi.Request.Argv)
 	body    io.Reader
 	head    bool
 	n       int
@@ -261,7 +321,7 @@ func (r *runner) serve(ctx context.Context, i int, m machine.Machine, reused boo
 			}
 		}
 	}
-	req := &machine.Request{Args: r.creq.Args(), Env: r.creq.Env(), Body: r.body, BodyLen: r.creq.ContentLength}
+	req := &machine.Request{Args: r.argv, Env: r.creq.Env(), Body: r.body, BodyLen: r.creq.ContentLength}
 	var sink io.Writer = io.Discard
 	var out *bufio.Writer
 	if i == r.n {
@@ -291,8 +351,8 @@ func (r *runner) serve(ctx context.Context, i int, m machine.Machine, reused boo
 				which = fmt.Sprintf("request %d/%d on a restored machine: ", i, r.n)
 			}
 		}
-		fmt.Fprintf(r.stderr, "dust run: %s%s, exit status %d, %d VM exits, %d bytes out, %d bytes log, run %v, total %v\n",
-			which, res.Outcome, res.ExitStatus, res.Exits, res.StdoutBytes, res.StderrBytes, res.RunTime, time.Since(start))
+		fmt.Fprintf(r.stderr, "dust run: %s%s, exit status %d, %d VM exits, memory %s, %d bytes out, %d bytes log, run %v, total %v\n",
+			which, res.Outcome, res.ExitStatus, res.Exits, memoryText(r.img.Kind(), res.MemoryBytes), res.StdoutBytes, res.StderrBytes, res.RunTime, time.Since(start))
 	}
 	if err := res.Err(); err != nil {
 		// A CGI parse error surfaces as BadOutput with the parser's error as
@@ -311,6 +371,16 @@ func (r *runner) serve(ctx context.Context, i int, m machine.Machine, reused boo
 	return res, nil
 }
 
+// memoryText is the memory a machine touched, as -v says it, whatever
+// the outcome. The hvt kind does not measure it (Result.MemoryBytes is
+// "where known"): saying 0 would be a figure, and a wrong one.
+func memoryText(kind string, n int64) string {
+	if n == 0 && kind == "hvt" {
+		return "not measured (hvt)"
+	}
+	return gateway.HumanSize(n)
+}
+
 func (r *runner) prefixText(i int) string {
 	if r.n == 1 {
 		return ""
@@ -319,35 +389,31 @@ func (r *runner) prefixText(i int) string {
 }
 
 // buildRequest turns the command line into a CGI request and its body.
+// env is already KEY=VALUE with a valid KEY (the --env flag checks it).
 func buildRequest(method, path string, headers []string, data string, env []string) (*cgi.Request, io.Reader, error) {
 	if !strings.HasPrefix(path, "/") {
-		return nil, nil, fmt.Errorf("path %q must start with /", path)
+		return nil, nil, badUsage("--path %q: want a path starting with /, such as /hello?name=ann", path)
 	}
 	p, q, _ := strings.Cut(path, "?")
 	h := http.Header{}
 	for _, kv := range headers {
 		k, v, ok := strings.Cut(kv, ":")
-		if !ok || strings.TrimSpace(k) == "" {
-			return nil, nil, fmt.Errorf("header %q: want \"Name: value\"", kv)
+		if k = strings.TrimSpace(k); !ok || k == "" {
+			return nil, nil, badUsage("--header %q: want \"Name: value\", such as \"Accept: text/plain\"", kv)
 		}
-		h.Add(textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(k)), strings.TrimSpace(v))
-	}
-	for _, kv := range env {
-		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
-			return nil, nil, fmt.Errorf("env %q: want KEY=VALUE", kv)
-		}
+		h.Add(textproto.CanonicalMIMEHeaderKey(k), strings.TrimSpace(v))
 	}
 	var body io.Reader = strings.NewReader(data)
 	n := int64(len(data))
 	if f, ok := strings.CutPrefix(data, "@"); ok {
 		file, err := os.Open(f)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, fmt.Errorf("--data @%s: %w", f, err)
 		}
 		st, err := file.Stat()
 		if err != nil || !st.Mode().IsRegular() {
 			file.Close()
-			return nil, nil, fmt.Errorf("--data @%s: not a regular file", f)
+			return nil, nil, badUsage("--data @%s: not a regular file", f)
 		}
 		body, n = file, st.Size()
 	}
@@ -355,31 +421,9 @@ func buildRequest(method, path string, headers []string, data string, env []stri
 		h.Set("Content-Type", "application/octet-stream")
 	}
 	r := &cgi.Request{
-		Method: strings.ToUpper(method), PathInfo: p, RawQuery: q, Header: h,
+		Method: method, PathInfo: p, RawQuery: q, Header: h,
 		Host: "localhost", ContentLength: n, RemoteAddr: "127.0.0.1:0",
 		ServerName: "localhost", ServerPort: "80", AppEnv: env,
 	}
-	if method == "" {
-		r.Method = http.MethodGet
-	}
 	return r, body, nil
-}
-
-// parseInterleaved parses flags that may stand before, between or after
-// positional arguments, and returns the positional ones. When ok is false,
-// the command should exit with code (help was shown, or a flag was bad).
-func parseInterleaved(fs *flag.FlagSet, args []string) (pos []string, code int, ok bool) {
-	for rest := args; ; {
-		if err := fs.Parse(rest); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil, exitOK, false
-			}
-			return nil, exitUsage, false
-		}
-		if fs.NArg() == 0 {
-			return pos, 0, true
-		}
-		pos = append(pos, fs.Arg(0))
-		rest = fs.Args()[1:]
-	}
 }

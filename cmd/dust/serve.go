@@ -93,8 +93,9 @@ flags:
 	perClient := fs.Int("max-per-client", 1024, "requests one client address may have in the gateway at once (-1: no cap)")
 	runAs := fs.String("user", "", "after binding the listeners and opening /dev/kvm, run as this `account` (the data directory is handed to it)")
 	logCap := sizeFlag(gateway.DefaultLogCap)
-	fs.Var(&logCap, "log-max-size", "disk each app's log may take, `SIZE` (default 4MiB); beyond it the oldest half is dropped")
+	fs.Var(&logCap, "log-max-size", "disk each app's log may take, `SIZE`; beyond it the oldest half is dropped")
 	publicURL := fs.String("url", "", "base `URL` apps are reached at, as deploy and apps print it (default http://LISTEN)")
+	cl := clusterFlags(fs)
 	seccomp := fs.Bool("seccomp", true, "run hvt vCPUs on worker threads under a seccomp filter (off saves ≈ 45 µs per request on nested KVM)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -147,19 +148,43 @@ flags:
 		}
 		log.Info("running unprivileged", "user", *runAs, "uid", os.Getuid())
 	}
-	srv, err := gateway.New(gateway.Config{
-		DataDir: *data, Kinds: allKinds(), Detect: detectKind, Logger: log,
-		MaxLive: *maxLive, PoolFloor: *floor, MaxPerClient: *perClient,
-		AppAddr: lp.Addr().String(), PublicURL: *publicURL, Version: versionString(), LogCap: int64(logCap),
-	})
+	node, err := cl.start(*data, "http://"+lp.Addr().String(), "http://"+la.Addr().String(), log)
 	if err != nil {
 		lp.Close()
 		la.Close()
+		fmt.Fprintf(stderr, "dust serve: %v\n", err)
+		return clusterExit(err)
+	}
+	gcfg := gateway.Config{
+		DataDir: *data, Kinds: allKinds(), Detect: detectKind, Logger: log,
+		MaxLive: *maxLive, PoolFloor: *floor, MaxPerClient: *perClient,
+		AppAddr: lp.Addr().String(), PublicURL: *publicURL, Version: versionString(), LogCap: int64(logCap),
+	}
+	if node != nil {
+		gcfg.Cluster = node
+	}
+	srv, err := gateway.New(gcfg)
+	if err != nil {
+		lp.Close()
+		la.Close()
+		if node != nil {
+			node.Close()
+		}
 		fmt.Fprintf(stderr, "dust serve: %v\n", err)
 		if errors.Is(err, store.ErrLocked) {
 			return exitUnavailable
 		}
 		return exitError
+	}
+	if node != nil {
+		if err := node.Run(srv); err != nil {
+			lp.Close()
+			la.Close()
+			srv.Close()
+			node.Close()
+			fmt.Fprintf(stderr, "dust serve: %v\n", err)
+			return exitUnavailable
+		}
 	}
 	pub, adm := srv.HTTPServers(*listen, *admin)
 	if *demo {
@@ -179,6 +204,11 @@ flags:
 		log.Error("server failed", "err", err)
 	}
 	signal.Stop(sig)
+	if node != nil {
+		// No new forwarded requests; those in flight finish below.
+		node.StopServing()
+		defer node.Close()
+	}
 	if err := srv.Shutdown(pub, adm); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Error("shutdown", "err", err)
 		return exitError

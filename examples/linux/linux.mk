@@ -10,6 +10,8 @@
 #   go-fast-hello/go-fast-hello-linux.elf
 #                        examples/go-fast-hello (package dustgo) for Linux:
 #                        snapshotted at its ready point, once per deploy
+#   goserver/goserver-go.elf   an unmodified Go net/http server (--serve http)
+#   cserver/cserver-glibc.elf  a small C HTTP server, gcc -static (--serve http)
 #
 #   make -f examples/linux/linux.mk           builds them in examples/linux/
 #   make -f examples/linux/linux.mk OUT=DIR   builds DIR/form/... instead
@@ -36,10 +38,10 @@ HAVE_MUSL := $(shell command -v $(MUSL_CC) 2>/dev/null)
 LUA_LIB   := $(shell $(GCC) -print-file-name=liblua5.4.a)
 HAVE_LUA  := $(and $(filter /%,$(LUA_LIB)),$(wildcard $(LUA_INC)/lua.h))
 
-ALL  := $(OUT)/form/form-glibc.elf
+ALL  := $(OUT)/form/form-glibc.elf $(OUT)/cserver/cserver-glibc.elf
 SKIP :=
 ifneq ($(shell command -v $(GO) 2>/dev/null),)
-ALL  += $(OUT)/gocgi/gocgi-go.elf $(OUT)/go-fast-hello/go-fast-hello-linux.elf
+ALL  += $(OUT)/gocgi/gocgi-go.elf $(OUT)/go-fast-hello/go-fast-hello-linux.elf $(OUT)/goserver/goserver-go.elf
 else
 SKIP += "the Go programs: $(GO) not found"
 endif
@@ -75,7 +77,7 @@ $(OUT)/lua/lua-host.elf: $(LXDIR)/lua/host.c $(LXDIR)/linux.mk
 		rm -f $@.log; exit $$st
 
 # The go command decides whether a Go program is out of date.
-.PHONY: $(OUT)/gocgi/gocgi-go.elf $(OUT)/go-fast-hello/go-fast-hello-linux.elf
+.PHONY: $(OUT)/gocgi/gocgi-go.elf $(OUT)/go-fast-hello/go-fast-hello-linux.elf $(OUT)/goserver/goserver-go.elf
 $(OUT)/gocgi/gocgi-go.elf:
 	@mkdir -p $(@D)
 	$(GO_LINUX) -o $@ ./examples/linux/gocgi
@@ -84,6 +86,15 @@ $(OUT)/go-fast-hello/go-fast-hello-linux.elf:
 	@mkdir -p $(@D)
 	$(GO_LINUX) -o $@ ./examples/go-fast-hello
 
+$(OUT)/goserver/goserver-go.elf:
+	@mkdir -p $(@D)
+	$(GO_LINUX) -o $@ ./examples/linux/goserver
+
+$(OUT)/cserver/cserver-glibc.elf: $(LXDIR)/cserver/cserver.c $(LXDIR)/linux.mk
+	@mkdir -p $(@D)
+	$(GCC) -static $(CFLAGS_LINUX) -o $@ $<
+
 clean:
 	rm -f $(OUT)/form/form-glibc.elf $(OUT)/form/form-musl.elf $(OUT)/lua/lua-host.elf
 	rm -f $(OUT)/gocgi/gocgi-go.elf $(OUT)/go-fast-hello/go-fast-hello-linux.elf
+	rm -f $(OUT)/goserver/goserver-go.elf $(OUT)/cserver/cserver-glibc.elf

@@ -239,6 +239,11 @@ var gatewayOwned = map[string]bool{
 	"Server":       true,
 }
 
+// AppHeader reports whether an app may send response header key
+// (canonical form): not a hop-by-hop header, not one the gateway vouches
+// for. A server app's response is filtered with it as a CGI program's is.
+func AppHeader(key string) bool { return !hopByHop[key] && !gatewayOwned[key] }
+
 func (p *Parser) parseLine(line []byte) error {
 	bad := func(kind error, why string) error {
 		what := "malformed header"

@@ -20,6 +20,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/dust-run/dust/internal/cluster"
 	"github.com/dust-run/dust/internal/machine"
 	"github.com/dust-run/dust/internal/store"
 )
@@ -52,6 +53,7 @@ func (s *Server) adminMux() http.Handler {
 	mux.Handle("GET /metrics", auth(promhttp.HandlerFor(s.met.reg, promhttp.HandlerOpts{}).ServeHTTP))
 	mux.HandleFunc("GET /v1/status", auth(s.apiStatus))
 	mux.HandleFunc("GET /v1/info", auth(s.apiInfo))
+	mux.HandleFunc("GET /v1/cluster", auth(s.apiCluster))
 	mux.HandleFunc("GET /v1/apps/{name}/secrets", auth(s.apiSecrets))
 	mux.HandleFunc("POST /v1/apps/{name}/secrets", auth(s.apiSecrets))
 	mux.HandleFunc("GET /v1/apps", auth(s.apiList))
@@ -103,14 +105,16 @@ func adminStatus(err error) int {
 		return http.StatusNotFound
 	case errors.Is(err, store.ErrConflict):
 		return http.StatusConflict
-	case errors.Is(err, store.ErrImageTooLarge), errors.As(err, &tooLarge):
+	case errors.Is(err, store.ErrImageTooLarge), errors.Is(err, store.ErrLayerTooLarge), errors.As(err, &tooLarge):
 		return http.StatusRequestEntityTooLarge
-	case errors.Is(err, machine.ErrBadImage), errors.Is(err, machine.ErrBadLimits):
+	case errors.Is(err, machine.ErrBadImage), errors.Is(err, machine.ErrBadLimits), errors.Is(err, store.ErrBadLayer):
 		return http.StatusUnprocessableEntity
 	case errors.Is(err, store.ErrInvalid), errors.Is(err, errBadSetting):
 		return http.StatusBadRequest
 	case errors.Is(err, errUploadTimeout):
 		return http.StatusRequestTimeout
+	case errors.Is(err, cluster.ErrUnavailable):
+		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError
 }
@@ -206,8 +210,21 @@ func patchFromQuery(q url.Values) (store.Patch, error) {
 		}
 		p.Isolation = &v
 	}
+	if v, ok := get("serve"); ok {
+		v = strings.ToLower(v)
+		if v != store.ServeCGI && v != store.ServeHTTP && v != "" {
+			return p, bad("serve", v, store.ServeCGI+" or "+store.ServeHTTP)
+		}
+		if v == store.ServeCGI {
+			v = ""
+		}
+		p.Serve = &v
+	}
 	p.SetEnv = q["env"]
 	p.UnsetEnv = q["unset_env"]
+	if err := argsFromQuery(q, &p); err != nil {
+		return p, err
+	}
 	return p, nil
 }
 
@@ -275,7 +292,8 @@ func (s *Server) apiDeploy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	name := r.PathValue("name")
-	res, err := s.DeployPatch(name, http.MaxBytesReader(w, r.Body, s.cfg.MaxImageSize), p, sc)
+	r.Body = http.MaxBytesReader(w, r.Body, s.maxDeployBody())
+	res, err := s.deployRequest(name, r, p, sc)
 	// Preparing may have taken longer than a response should.
 	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(adminWriteTimeout))
 	if err != nil {
@@ -446,7 +464,8 @@ const gcEvery = time.Hour
 // it with exactly the settings set. Until the switch the previous version
 // keeps serving; if any step fails, nothing changes.
 func (s *Server) Deploy(name string, image io.Reader, set store.Settings) (store.App, error) {
-	res, err := s.deploy(name, image, func(store.Settings) (store.Settings, error) { return set, nil }, store.SecretChange{})
+	res, err := s.deploy(name, func(st *staged) error { return s.stageImage(st, image) },
+		func(store.Settings, *staged) (store.Settings, error) { return set, nil }, store.SecretChange{})
 	return res.app, err
 }
 
@@ -454,7 +473,28 @@ func (s *Server) Deploy(name string, image io.Reader, set store.Settings) (store
 // are those of the current version, and sc changes the app's secrets. An
 // image and settings identical to the current version's make no version.
 func (s *Server) DeployPatch(name string, image io.Reader, p store.Patch, sc store.SecretChange) (DeployResult, error) {
-	res, err := s.deploy(name, image, p.Apply, sc)
+	return s.deployStaged(name, func(st *staged) error { return s.stageImage(st, image) }, p, sc)
+}
+
+// deployRequest is DeployPatch for a deploy request whose body is the
+// image or a multipart body with the image and a files layer (files.go).
+func (s *Server) deployRequest(name string, r *http.Request, p store.Patch, sc store.SecretChange) (DeployResult, error) {
+	return s.deployStaged(name, func(st *staged) error { return s.stageBody(st, r) }, p, sc)
+}
+
+func (s *Server) deployStaged(name string, body func(*staged) error, p store.Patch, sc store.SecretChange) (DeployResult, error) {
+	settings := func(base store.Settings, st *staged) (store.Settings, error) {
+		if st != nil && st.files != "" {
+			if p.Files != nil {
+				return base, fmt.Errorf("%w: files= and a files part in the body: give the app's files one way", errBadSetting)
+			}
+			q := p
+			q.Files = &st.files
+			return q.Apply(base)
+		}
+		return p.Apply(base)
+	}
+	res, err := s.deploy(name, body, settings, sc)
 	if err != nil {
 		return DeployResult{}, err
 	}
@@ -467,34 +507,39 @@ type deployed struct {
 	previous  int
 }
 
-func (s *Server) deploy(name string, image io.Reader, settings func(store.Settings) (store.Settings, error), sc store.SecretChange) (deployed, error) {
+// deploy stores what body uploads (the image, maybe a files layer), then
+// applies settings (given what was uploaded) to the current version's and
+// deploys. settings gets a nil *staged for the check before the upload.
+func (s *Server) deploy(name string, body func(*staged) error, settings func(store.Settings, *staged) (store.Settings, error), sc store.SecretChange) (deployed, error) {
 	if err := store.ValidateName(name); err != nil {
 		return deployed{}, err
 	}
 	// Checked before the upload too, so that a bad setting is refused
 	// without waiting for the image; again under the lock, where it counts.
-	if _, _, err := s.effectiveSettings(name, settings); err != nil {
+	if _, _, err := s.effectiveSettings(name, func(b store.Settings) (store.Settings, error) { return settings(b, nil) }); err != nil {
 		return deployed{}, err
 	}
 	// The upload is read and stored before the deploy lock is taken: a
 	// slow uploader must not hold up every other deploy, rollback and rm.
-	digest, unpin, err := s.upload(image)
-	if err != nil {
-		return deployed{}, err
-	}
-	defer unpin()
-	s.deployMu.Lock()
-	defer s.deployMu.Unlock()
-	set, cur, err := s.effectiveSettings(name, settings)
+	st := &staged{}
+	defer st.release()
+	err := body(st)
 	if err == nil {
-		var res deployed
-		res, err = s.deployLocked(name, digest, set, sc, cur)
+		s.deployMu.Lock()
+		defer s.deployMu.Unlock()
+		var set store.Settings
+		var cur *store.App
+		set, cur, err = s.effectiveSettings(name, func(b store.Settings) (store.Settings, error) { return settings(b, st) })
 		if err == nil {
-			return res, nil
+			var res deployed
+			res, err = s.deployLocked(name, st.image, set, sc, cur)
+			if err == nil {
+				return res, nil
+			}
 		}
 	}
-	unpin()
-	s.dropImages(digest)
+	st.release()
+	s.dropImages(st.uploaded()...)
 	return deployed{}, err
 }
 
@@ -522,22 +567,6 @@ func (s *Server) effectiveSettings(name string, settings func(store.Settings) (s
 	return set, cur, set.Validate()
 }
 
-// upload stores an image and pins it (see pin).
-func (s *Server) upload(image io.Reader) (string, func(), error) {
-	digest, _, err := s.store.PutImage(image, s.cfg.MaxImageSize)
-	if err != nil {
-		return "", nil, err
-	}
-	unpin := s.pin(digest)
-	// A refused deploy of the same bytes may have removed them between
-	// the store's rename and the pin; now that the pin holds, they stay.
-	if _, err := s.store.StatImage(digest); err != nil {
-		unpin()
-		return "", nil, fmt.Errorf("%w: the same image was removed while uploading; deploy again: %w", store.ErrConflict, err)
-	}
-	return digest, unpin, nil
-}
-
 func (s *Server) deployLocked(name, digest string, set store.Settings, sc store.SecretChange, cur *store.App) (deployed, error) {
 	if cur != nil && cur.Current.Digest == digest && cur.Current.Settings.Equal(set) && s.isLive(name, cur.Current.Number) {
 		if !sc.Empty() {
@@ -559,11 +588,22 @@ func (s *Server) deployLocked(name, digest string, set store.Settings, sc store.
 	if err := s.routeFree(name, set); err != nil {
 		return deployed{}, err
 	}
-	la, err := s.prepare(store.App{Name: name, Current: store.Version{Kind: kind, Digest: digest, Settings: set}})
+	var secrets map[string]string
+	if set.Serve == store.ServeHTTP && (len(sc.Set) > 0 || len(sc.Unset) > 0) {
+		// A server reads its secrets once, at start-up: with the change.
+		cur, err := s.store.Secrets(name)
+		if err != nil {
+			return deployed{}, err
+		}
+		if secrets, err = sc.ApplyTo(name, cur, set.Env); err != nil {
+			return deployed{}, err
+		}
+	}
+	la, err := s.prepareWith(store.App{Name: name, Current: store.Version{Kind: kind, Digest: digest, Settings: set}}, secrets)
 	if err != nil {
 		return deployed{}, err
 	}
-	app, err := s.store.DeployWithSecrets(name, kind, digest, set, sc)
+	app, err := s.commitDeploy(name, kind, digest, set, sc, cur)
 	if err == nil {
 		// The deploy's own secrets were committed with it, after prepare.
 		err = s.loadSecrets(la)
@@ -576,6 +616,10 @@ func (s *Server) deployLocked(name, digest string, set store.Settings, sc store.
 	la.version = app.Current.Number
 	s.swap(name, la)
 	s.log.Info("deployed", "app", name, "version", la.version, "kind", kind, "digest", digest, "route", set.Route, "host", set.Host)
+	// Versions pushed out of the history give their disk back now.
+	if old := agedOut(cur, app); len(old) > 0 {
+		s.dropImages(old...)
+	}
 	res := deployed{app: app}
 	if cur != nil {
 		res.previous = cur.Current.Number
@@ -596,15 +640,34 @@ func (s *Server) isLive(name string, version int) bool {
 // changeSecrets changes app name's secrets in the store and on its live
 // version: the next request sees them, no redeploy needed.
 func (s *Server) changeSecrets(name string, sc store.SecretChange) error {
-	if _, err := s.store.ChangeSecrets(name, sc); err != nil {
+	if err := s.commitSecrets(name, sc); err != nil {
 		return err
 	}
 	s.mu.RLock()
 	a := s.apps[name]
 	s.mu.RUnlock()
+	if a != nil && a.isServer() {
+		// A server took its secrets at start-up: start it again.
+		return s.reprepare(name)
+	}
 	if a != nil {
 		return s.loadSecrets(a)
 	}
+	return nil
+}
+
+// reprepare prepares app name's current version again and swaps it in.
+func (s *Server) reprepare(name string) error {
+	app, err := s.store.Get(name)
+	if err != nil {
+		return err
+	}
+	la, err := s.prepare(app)
+	if err != nil {
+		return err
+	}
+	la.version = app.Current.Number
+	s.swap(name, la)
 	return nil
 }
 
@@ -712,11 +775,14 @@ func (s *Server) RollbackTo(name string, n int) (store.App, error) {
 	if err := s.routeFree(name, prev.Settings); err != nil {
 		return store.App{}, err
 	}
+	if err := s.fetchVersion(prev); err != nil {
+		return store.App{}, err
+	}
 	la, err := s.prepare(store.App{Name: name, Current: prev})
 	if err != nil {
 		return store.App{}, err
 	}
-	app, err := s.store.RollbackTo(name, n)
+	app, err := s.commitRollback(name, n, cur, prev)
 	if err != nil {
 		la.pool.Close()
 		la.img.Close()
@@ -746,18 +812,14 @@ func (s *Server) Remove(name string) error {
 	defer s.deployMu.Unlock()
 	old, err := s.store.Get(name)
 	if err == nil {
-		err = s.store.Delete(name)
+		err = s.commitRemove(name, old)
 	}
 	if err != nil {
 		return err
 	}
 	s.swap(name, nil)
 	s.logs.remove(name)
-	var digests []string
-	for _, v := range old.History {
-		digests = append(digests, v.Digest)
-	}
-	s.dropImages(digests...)
+	s.dropImages(blobsOf(old)...)
 	return nil
 }
 
@@ -827,6 +889,16 @@ type SettingsView struct {
 	PassAuthorization bool     `json:"pass_authorization,omitempty"`
 	Env               []string `json:"env,omitempty"`
 	Isolation         string   `json:"isolation,omitempty"`
+	// Args are the fixed arguments after argv[0]; QueryArgs says whether
+	// the query's items follow them (WAGI's convention, opted in).
+	Args      []string `json:"args,omitempty"`
+	QueryArgs bool     `json:"query_args,omitempty"`
+	// Files is the digest of the files layer at /app; FilesSize its size
+	// on disk (the current version's only).
+	Files     string `json:"files,omitempty"`
+	FilesSize string `json:"files_size,omitempty"`
+	// Serve is "http" for a server app; absent for CGI.
+	Serve string `json:"serve,omitempty"`
 }
 
 // VersionView is one kept version of an app.
@@ -853,13 +925,16 @@ type AppView struct {
 	Secrets  []string      `json:"secrets"`
 	Versions []VersionView `json:"versions,omitempty"`
 	// Status is absent when the app is not live (it failed to load).
-	Status   *AppStatus    `json:"status,omitempty"`
-	Failures []recentError `json:"recent_failures,omitempty"`
+	Status *AppStatus `json:"status,omitempty"`
+	// Failures are the last failed requests, newest first, from the
+	// app's log (logHub.failures).
+	Failures []Failure `json:"recent_failures,omitempty"`
 }
 
 func settingsView(set store.Settings) SettingsView {
 	v := SettingsView{Route: set.Route, Host: set.Host, MaxConcurrency: set.MaxConcurrency, QueueLen: set.QueueLen,
-		PassAuthorization: set.PassAuthorization, Env: set.Env, Isolation: set.Isolation}
+		PassAuthorization: set.PassAuthorization, Env: set.Env, Isolation: set.Isolation,
+		Args: set.Args, QueryArgs: set.QueryArgs, Files: set.Files, Serve: set.Serve}
 	if set.Memory > 0 {
 		v.Memory = FormatSize(set.Memory)
 	}
@@ -906,6 +981,11 @@ func (s *Server) viewOf(app store.App, full bool) AppView {
 	}
 	out := AppView{Name: app.Name, Version: v.Number, Kind: v.Kind, Digest: v.Digest, Size: FormatSize(v.Size),
 		URL: s.appURL(v.Settings), Settings: settingsView(v.Settings), Secrets: nonNil(names)}
+	if f := v.Settings.Files; f != "" {
+		if n, err := s.store.StatImage(f); err == nil {
+			out.Settings.FilesSize = FormatSize(n)
+		}
+	}
 	s.mu.RLock()
 	if a := s.apps[app.Name]; a != nil {
 		st := s.statusOf(a)
@@ -918,13 +998,11 @@ func (s *Server) viewOf(app store.App, full bool) AppView {
 			out.Versions = append(out.Versions, VersionView{Version: h.Number, Kind: h.Kind, Digest: h.Digest,
 				Size: FormatSize(h.Size), CreatedAt: h.CreatedAt, Settings: settingsView(h.Settings), Current: h.Number == v.Number})
 		}
-		s.errMu.Lock()
-		for _, e := range s.errors {
-			if e.App == app.Name {
-				out.Failures = append(out.Failures, e)
-			}
+		fails, err := s.logs.failures(app.Name, recentFailures)
+		if err != nil {
+			s.log.Warn("reading recent failures from the app's log", "app", app.Name, "err", err)
 		}
-		s.errMu.Unlock()
+		out.Failures = fails
 	}
 	return out
 }
@@ -951,38 +1029,24 @@ func (s *Server) statusOf(a *liveApp) AppStatus {
 	for _, n := range hist {
 		out.Requests += n
 	}
-	var seen int64
-	for i, n := range hist {
-		seen += n
-		if out.Requests > 0 && seen*2 >= out.Requests {
-			if i < len(histBounds) {
-				out.P50 = "<" + histBounds[i].String()
-			} else {
-				out.P50 = ">=" + histBounds[len(histBounds)-1].String()
-			}
-			break
-		}
-	}
+	out.P50 = quantile(hist, 0.5)
 	return out
 }
 
 func (s *Server) apiStatus(w http.ResponseWriter, r *http.Request) {
 	s.mu.RLock()
-	apps := make([]AppStatus, 0, len(s.apps))
+	apps := make([]StatusApp, 0, len(s.apps))
+	now := time.Now()
 	for _, a := range s.routes {
-		apps = append(apps, s.statusOf(a))
+		st := s.statusOf(a)
+		apps = append(apps, StatusApp{AppStatus: st, LiveFigures: s.met.liveFigures(a, st.Histogram, now)})
 	}
 	s.mu.RUnlock()
 	s.errMu.Lock()
 	errs := append([]recentError(nil), s.errors...)
 	s.errMu.Unlock()
-	bounds := make([]string, len(histBounds)+1)
-	for i, b := range histBounds {
-		bounds[i] = "<" + b.String()
-	}
-	bounds[len(histBounds)] = ">=" + histBounds[len(histBounds)-1].String()
-	writeJSON(w, http.StatusOK, map[string]any{"apps": apps, "errors": errs, "buckets": bounds, "live": s.liveMachines(),
-		"url": s.cfg.PublicURL, "app_addr": s.cfg.AppAddr})
+	writeCompactJSON(w, map[string]any{"apps": apps, "errors": errs, "buckets": bucketLabels(), "live": s.liveMachines(),
+		"url": s.cfg.PublicURL, "app_addr": s.cfg.AppAddr, "cluster": s.clusterStatus(r.Context())})
 }
 
 // Info is what GET /v1/info reports: where apps answer, and the build.

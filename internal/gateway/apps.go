@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/dust-run/dust/internal/cgi"
 	"github.com/dust-run/dust/internal/machine"
 	"github.com/dust-run/dust/internal/store"
 )
@@ -92,6 +94,12 @@ func (a *liveApp) env() []string {
 	return append(slices.Clip(a.set.Env), se.env...)
 }
 
+// argv is a request's argv: the path, the app's fixed args, and the
+// query's items only if the app opted in to them (cgi.Request.Argv).
+func (a *liveApp) argv(creq *cgi.Request) []string {
+	return creq.Argv(a.set.Args, a.set.QueryArgs)
+}
+
 // loadSecrets refreshes la's secrets from the store.
 func (s *Server) loadSecrets(la *liveApp) error {
 	m, err := s.store.Secrets(la.name)
@@ -129,7 +137,12 @@ func appDefaults(set store.Settings) store.Settings {
 }
 
 // prepare loads an app's current image and prepares it.
-func (s *Server) prepare(a store.App) (*liveApp, error) {
+func (s *Server) prepare(a store.App) (*liveApp, error) { return s.prepareWith(a, nil) }
+
+// prepareWith is prepare for a server app whose secrets are about to
+// change (a deploy's own): they are part of its start-up. nil: the
+// store's.
+func (s *Server) prepareWith(a store.App, secrets map[string]string) (*liveApp, error) {
 	v := a.Current
 	kind, ok := s.cfg.Kinds[v.Kind]
 	if !ok {
@@ -139,8 +152,28 @@ func (s *Server) prepare(a store.App) (*liveApp, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w %s: %w", errPrepare, a.Name, err)
 	}
+	var files fs.FS
+	if v.Settings.Files != "" {
+		l, err := s.store.ReadLayer(v.Settings.Files)
+		if err != nil {
+			return nil, fmt.Errorf("%w %s: %w", errPrepare, a.Name, err)
+		}
+		files = l
+	}
+	app := machine.App{Files: files}
+	if v.Settings.Serve == store.ServeHTTP {
+		// A server reads its environment once, at start-up: its secrets
+		// are part of the snapshot (a secret change prepares it again).
+		sec := secrets
+		if sec == nil {
+			if sec, err = s.store.Secrets(a.Name); err != nil {
+				return nil, fmt.Errorf("%w %s: %w", errPrepare, a.Name, err)
+			}
+		}
+		app.Server = serverStart(v.Settings, sec)
+	}
 	t0 := time.Now()
-	pi, err := kind.Prepare(img, limitsOf(v.Settings))
+	pi, err := machine.PrepareApp(kind, img, limitsOf(v.Settings), app)
 	if err != nil {
 		return nil, fmt.Errorf("%w %s: %w", errPrepare, a.Name, err)
 	}

@@ -72,6 +72,9 @@ type Config struct {
 	// LogCap is the disk one app's log may take (default DefaultLogCap);
 	// beyond it the oldest half is dropped.
 	LogCap int64
+	// Cluster, when set, makes this gateway one node of a cluster
+	// (cluster.go); nil is a single node.
+	Cluster Cluster
 }
 
 // App defaults, used when a deploy does not set them.
@@ -168,6 +171,8 @@ type Server struct {
 
 	errMu  sync.Mutex
 	errors []recentError
+
+	clu *clusterGlue // nil: single node
 }
 
 type recentError struct {
@@ -209,6 +214,7 @@ func New(cfg Config) (*Server, error) {
 		pins:     map[string]int{},
 		stopPool: make(chan struct{}),
 	}
+	s.clu = newClusterGlue(cfg.Cluster, s.met.reg)
 	apps, err := st.List()
 	if err != nil {
 		st.Close()
@@ -293,17 +299,20 @@ func (s *Server) rebuildRoutes() {
 	for _, a := range s.apps {
 		rs = append(rs, a)
 	}
-	sort.Slice(rs, func(i, j int) bool {
-		a, b := rs[i].set.Route, rs[j].set.Route
-		if len(a) != len(b) {
-			return len(a) > len(b)
-		}
-		if (rs[i].set.Host == "") != (rs[j].set.Host == "") {
-			return rs[i].set.Host != ""
-		}
-		return rs[i].name < rs[j].name
-	})
+	sort.Slice(rs, func(i, j int) bool { return routeBefore(rs[i].set, rs[i].name, rs[j].set, rs[j].name) })
 	s.routes = rs
+}
+
+// routeBefore is the route table's order: the longest route first, a
+// host-specific app before an any-host one, then by name.
+func routeBefore(a store.Settings, an string, b store.Settings, bn string) bool {
+	if len(a.Route) != len(b.Route) {
+		return len(a.Route) > len(b.Route)
+	}
+	if (a.Host == "") != (b.Host == "") {
+		return a.Host != ""
+	}
+	return an < bn
 }
 
 // match finds the app for host and path: the longest route that is a whole

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -13,6 +14,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
+
+	"github.com/dust-run/dust/internal/machine"
 )
 
 // LogLine is one line of an app's log: a line the app wrote to stderr
@@ -24,6 +28,12 @@ type LogLine struct {
 	RequestID string    `json:"request_id"`
 	Source    string    `json:"source,omitempty"`
 	Line      string    `json:"line"`
+	// Status and Outcome are set on the line the gateway writes for a
+	// failed request: its HTTP status and how it ended, as the line says
+	// them. They make the app's recent failures (Failure) a lookup in its
+	// log, not a parse of the text.
+	Status  int    `json:"status,omitempty"`
+	Outcome string `json:"outcome,omitempty"`
 }
 
 // Log sources.
@@ -194,7 +204,10 @@ func (h *logHub) appLog(app string) *appLog {
 }
 
 func (h *logHub) add(app, id, source, line string) {
-	l := LogLine{Time: time.Now().UTC(), RequestID: id, Source: source, Line: line}
+	h.addLine(app, LogLine{Time: time.Now().UTC(), RequestID: id, Source: source, Line: line})
+}
+
+func (h *logHub) addLine(app string, l LogLine) {
 	select {
 	case h.queue <- logItem{app: app, line: l}:
 	default:
@@ -293,6 +306,113 @@ func (h *logHub) recent(app string, since time.Time) ([]LogLine, error) {
 	return out, nil
 }
 
+// Failure is a failed request as the app's log recorded it.
+type Failure struct {
+	Time      time.Time `json:"time"`
+	RequestID string    `json:"request_id"`
+	Status    int       `json:"status"`
+	Outcome   string    `json:"outcome"`
+	// Detail is the rest of the log line: exit status, memory, and why
+	// (the fault and its RIP, the limit hit), at most maxFailureDetail
+	// bytes of it.
+	Detail string `json:"detail,omitempty"`
+}
+
+const (
+	// recentFailures is how many failures an app's view shows.
+	recentFailures = 10
+	// failureTail is how much of an app's log, newest first, is read to
+	// find them: showing an app costs the same whatever its log holds.
+	failureTail      = 256 << 10
+	maxFailureDetail = 512
+)
+
+// failures returns app's last n failed requests, newest first, from the
+// last failureTail bytes of its log (both segments). They are read from
+// disk, so they survive restarts as the log does, and they are the app's
+// own: every status the gateway logged a failure for, 4xx included.
+// Lines written before the log carried a status are not found.
+func (h *logHub) failures(app string, n int) ([]Failure, error) {
+	h.sync()
+	al := h.appLog(app)
+	al.mu.Lock()
+	defer al.mu.Unlock()
+	var out []Failure
+	budget := int64(failureTail)
+	for _, p := range []string{h.path(app), h.path(app) + ".1"} {
+		if budget <= 0 || len(out) >= n {
+			break
+		}
+		b, whole, err := readTail(p, budget)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return out, err
+		}
+		budget -= int64(len(b))
+		lines := bytes.Split(b, []byte{'\n'})
+		if !whole {
+			lines = lines[1:] // begins mid-line
+		}
+		for i := len(lines) - 1; i >= 0 && len(out) < n; i-- {
+			var l LogLine
+			if len(lines[i]) == 0 || json.Unmarshal(lines[i], &l) != nil {
+				continue // the end of the file, or a line torn by a crash
+			}
+			if l.Source != sourceDust || l.Status == 0 {
+				continue
+			}
+			out = append(out, Failure{Time: l.Time, RequestID: l.RequestID, Status: l.Status, Outcome: l.Outcome, Detail: failureDetail(l)})
+		}
+	}
+	return out, nil
+}
+
+// failureDetail is what l says beyond its status and outcome.
+func failureDetail(l LogLine) string {
+	d, ok := strings.CutPrefix(l.Line, failurePrefix+failureHead(l.Status, l.Outcome))
+	if ok {
+		d = strings.TrimPrefix(strings.TrimPrefix(d, ", "), ": ")
+	}
+	// One line of text wherever it is shown: an error may quote output.
+	d = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, d)
+	if len(d) > maxFailureDetail {
+		cut := maxFailureDetail
+		for cut > 0 && !utf8.RuneStart(d[cut]) {
+			cut--
+		}
+		d = d[:cut] + "…"
+	}
+	return d
+}
+
+// readTail reads the last limit bytes of the file at path; whole says
+// whether that is all of it.
+func readTail(path string, limit int64) (b []byte, whole bool, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, false, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, false, err
+	}
+	off := st.Size() - min(st.Size(), limit)
+	b = make([]byte, st.Size()-off)
+	n, err := f.ReadAt(b, off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, false, err
+	}
+	return b[:n], off == 0, nil
+}
+
 // remove deletes app's log: a removed app's disk is given back. It is
 // queued behind the app's last lines, so they cannot bring the file back.
 func (h *logHub) remove(app string) {
@@ -311,6 +431,13 @@ func (h *logHub) removeNow(app string) {
 		}
 	}
 	al.mu.Unlock()
+	// Nor does its entry stay: a gateway that sees many apps come and go
+	// would otherwise keep one per name ever deployed.
+	h.mu.Lock()
+	if h.apps[app] == al {
+		delete(h.apps, app)
+	}
+	h.mu.Unlock()
 }
 
 func (h *logHub) close() {
@@ -351,3 +478,91 @@ func redactor(secrets map[string]string) *strings.Replacer {
 }
 
 const minRedact = 4
+
+// logFailure puts why a request failed into the app's own log, where
+// `dust logs` finds it: the server's stderr is out of most users' reach.
+func (s *Server) logFailure(a *liveApp, id string, status int, outcome string, exitStatus int, memory int64, detail error) {
+	line := failureLine(status, outcome, exitStatus, memory, detail, a.img.Limits().Timeout)
+	s.logs.addLine(a.name, LogLine{Time: time.Now().UTC(), RequestID: id, Source: sourceDust, Line: failurePrefix + a.redact(line),
+		Status: status, Outcome: shownOutcome(outcome, exitStatus, detail)})
+}
+
+// failurePrefix starts every failed request's line in an app's log.
+const failurePrefix = "dust: "
+
+// failureLine says what a failed request's line says: its status, the
+// outcome, the exit status and the memory the machine touched when there
+// are some, then the detail (the fault and its RIP, the limit that was
+// hit), each said once.
+func failureLine(status int, outcome string, exitStatus int, memory int64, detail error, timeout time.Duration) string {
+	var why []string
+	var oe *machine.OutcomeError
+	switch {
+	case errors.As(detail, &oe):
+		// Its Error() starts with the outcome, which the line has said.
+		r := oe.Result
+		d := r.Detail
+		if r.HasRIP {
+			d = strings.TrimSpace(d + fmt.Sprintf(" (rip=%#x)", r.RIP))
+		}
+		if d != "" {
+			why = append(why, d)
+		}
+		if r.Outcome == machine.DeadlineExceeded {
+			why = append(why, "no answer within the app's timeout of "+timeout.String())
+		}
+		if r.Cause != nil {
+			why = append(why, r.Cause.Error())
+		}
+	case detail != nil:
+		why = append(why, detail.Error())
+	}
+	shown := shownOutcome(outcome, exitStatus, detail)
+	if outcome == machine.Served.String() && detail == nil {
+		exitStatus = 0 // the outcome says it
+	}
+	line := failureHead(status, shown)
+	if exitStatus != 0 {
+		line += fmt.Sprintf(", exit status %d", exitStatus)
+	}
+	if memory > 0 {
+		line += ", memory " + HumanSize(memory)
+	}
+	if len(why) > 0 {
+		line += ": " + strings.Join(why, "; ")
+	}
+	return line
+}
+
+// shownOutcome is the outcome a failed request's line names: when the
+// machine ended on its own, what failed is what it answered.
+func shownOutcome(outcome string, exitStatus int, detail error) string {
+	if outcome != machine.Served.String() {
+		return outcome
+	}
+	if detail == nil {
+		return fmt.Sprintf("exit status %d", exitStatus)
+	}
+	return "bad output"
+}
+
+func failureHead(status int, outcome string) string {
+	return fmt.Sprintf("request failed: status %d, outcome %s", status, outcome)
+}
+
+// redact hides the values of a's secrets in s: whatever a guest made
+// (its stderr, output quoted in an error) may carry them.
+func (a *liveApp) redact(s string) string {
+	if se := a.secrets.Load(); se != nil && se.redact != nil {
+		return se.redact.Replace(s)
+	}
+	return s
+}
+
+// redactErr is err's text, redacted; "" for nil.
+func (a *liveApp) redactErr(err error) string {
+	if err == nil {
+		return ""
+	}
+	return a.redact(err.Error())
+}

@@ -46,6 +46,9 @@ func requestID(r *http.Request) string {
 func statusFor(res machine.Result, parseErr error) (int, string) {
 	switch res.Outcome {
 	case machine.Served:
+		if errors.Is(parseErr, errServerResponse) || errors.Is(parseErr, errServerStatus) {
+			return http.StatusBadGateway, "the app's answer is not a valid HTTP response"
+		}
 		if parseErr != nil {
 			return http.StatusBadGateway, "the app's output is not a valid CGI response"
 		}
@@ -124,6 +127,11 @@ func (s *Server) serveApp(w http.ResponseWriter, r *http.Request) {
 	defer s.clients.leave(client)
 	a := s.match(r.Host, r.URL.Path)
 	if a == nil {
+		if status, outcome, app, ok := s.clusterUnready(w, r, id); ok {
+			s.log.Info("request", "request_id", id, "app", app, "method", r.Method, "path", r.URL.Path,
+				"status", status, "outcome", outcome, "duration_ms", float64(time.Since(start).Microseconds())/1e3)
+			return
+		}
 		s.met.requests.WithLabelValues("", "404").Inc()
 		s.fail(w, "", id, http.StatusNotFound, "no app is deployed at "+strconvQuote(r.URL.Path))
 		return
@@ -131,14 +139,14 @@ func (s *Server) serveApp(w http.ResponseWriter, r *http.Request) {
 	defer a.inflight.Done()
 	a.window.Add(1)
 	a.last.Store(start.UnixNano())
-	status, outcome := s.serveOn(a, w, rc, r, id, start)
+	var sv served
+	status, outcome := s.serveOn(a, w, rc, r, id, start, &sv)
 	elapsed := time.Since(start)
-	s.met.requests.WithLabelValues(a.name, strconv.Itoa(status)).Inc()
-	s.met.latency.WithLabelValues(a.name).Observe(elapsed.Seconds())
-	a.hist.observe(elapsed)
+	s.met.observe(a.name, status, elapsed, sv)
+	a.hist.observe(elapsed, sv.use)
 	s.log.Info("request", "request_id", id, "app", a.name, "kind", a.kind, "version", a.version,
 		"method", r.Method, "path", r.URL.Path, "status", status, "outcome", outcome,
-		"duration_ms", float64(elapsed.Microseconds())/1e3)
+		"duration_ms", float64(elapsed.Microseconds())/1e3, "machine", sv.use.String(), "memory_bytes", sv.memory)
 }
 
 // checkFraming refuses a request that carries both Content-Length and
@@ -237,10 +245,10 @@ func (s *Server) preread(w http.ResponseWriter, rc *http.ResponseController, r *
 	return &countingReader{r: io.MultiReader(bytes.NewReader(buf.Bytes()), lim), clear: rc}, nil
 }
 
-func (s *Server) serveOn(a *liveApp, w http.ResponseWriter, rc *http.ResponseController, r *http.Request, id string, start time.Time) (int, string) {
+func (s *Server) serveOn(a *liveApp, w http.ResponseWriter, rc *http.ResponseController, r *http.Request, id string, start time.Time, sv *served) (int, string) {
 	if r.ContentLength > a.set.MaxBody {
 		s.fail(w, a.name, id, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body exceeds %d bytes", a.set.MaxBody))
-		s.logFailure(a, id, http.StatusRequestEntityTooLarge, "body too large", 0, fmt.Errorf("Content-Length %d, max_body is %s", r.ContentLength, FormatSize(a.set.MaxBody)))
+		s.logFailure(a, id, http.StatusRequestEntityTooLarge, "body too large", 0, 0, fmt.Errorf("Content-Length %d, max_body is %s", r.ContentLength, FormatSize(a.set.MaxBody)))
 		return http.StatusRequestEntityTooLarge, "body too large"
 	}
 	// The app's deadline covers the whole request: reading the body,
@@ -258,14 +266,17 @@ func (s *Server) serveOn(a *liveApp, w http.ResponseWriter, rc *http.ResponseCon
 	if err != nil {
 		return s.bodyFailed(w, rc, a, id, timeout, err)
 	}
+	if status, outcome, done := s.clusterServe(a, w, r, in, id); done {
+		return status, outcome
+	}
 	// Admission: the app's own cap first, then the global one.
-	releaseApp, err := a.gate.acquire(r.Context(), a.set.QueueWait)
+	releaseApp, err := s.acquireApp(r, a)
 	if err != nil {
 		return s.busy(w, a, id, err)
 	}
 	defer releaseApp()
 	s.met.queue.WithLabelValues(a.name).Set(float64(a.gate.waiting.Load()))
-	releaseGlobal, err := s.global.acquire(r.Context(), a.name, a.set.QueueWait)
+	releaseGlobal, err := s.acquireGlobal(r, a)
 	if err != nil {
 		return s.busy(w, a, id, err)
 	}
@@ -275,9 +286,10 @@ func (s *Server) serveOn(a *liveApp, w http.ResponseWriter, rc *http.ResponseCon
 	if err != nil {
 		s.fail(w, a.name, id, http.StatusServiceUnavailable, "no machine could be created", "Retry-After", "1")
 		s.log.Error("machine creation failed", "request_id", id, "app", a.name, "err", err)
-		s.logFailure(a, id, http.StatusServiceUnavailable, "create failed", 0, err)
+		s.logFailure(a, id, http.StatusServiceUnavailable, "create failed", 0, 0, err)
 		return http.StatusServiceUnavailable, "create failed"
 	}
+	sv.use = useOf(hit)
 	if hit {
 		s.met.poolHits.WithLabelValues(a.name).Inc()
 	} else {
@@ -304,10 +316,20 @@ func (s *Server) serveOn(a *liveApp, w http.ResponseWriter, rc *http.ResponseCon
 	creq := cgi.FromHTTP(r, a.set.Route) // "/" becomes an empty SCRIPT_NAME
 	creq.AppEnv = a.env()
 	creq.PassAuthorization = a.set.PassAuthorization
-	req := &machine.Request{Args: creq.Args(), Env: creq.Env(), Body: in, BodyLen: r.ContentLength}
-
 	hold := &holdWriter{w: w, rc: rc, head: r.Method == http.MethodHead, wait: s.cfg.HoldTime}
-	parser := cgi.NewParser(0, hold.start)
+	var req *machine.Request
+	var parser interface {
+		io.Writer
+		Close() error
+	}
+	if a.isServer() {
+		host, port, _ := net.SplitHostPort(r.RemoteAddr)
+		req = &machine.Request{Env: []string{"REMOTE_ADDR=" + host, "REMOTE_PORT=" + port}, Body: rawRequest(r, creq, id, in), BodyLen: -1}
+		parser = newHTTPRelay(r.Method, hold.start)
+	} else {
+		req = &machine.Request{Args: a.argv(creq), Env: creq.Env(), Body: in, BodyLen: r.ContentLength}
+		parser = cgi.NewParser(0, hold.start)
+	}
 	logw := s.logs.writer(a.name, id)
 	if se := a.secrets.Load(); se != nil {
 		logw.redact = se.redact
@@ -319,6 +341,7 @@ func (s *Server) serveOn(a *liveApp, w http.ResponseWriter, rc *http.ResponseCon
 	}
 	res = m.Run(r.Context(), req, parser, logw)
 	ran = true
+	sv.memory = res.MemoryBytes
 	// The machine is done: it goes back now, not after the gateway's own
 	// last bytes reach a client that may be slow to take them.
 	release()
@@ -341,8 +364,8 @@ func (s *Server) serveOn(a *liveApp, w http.ResponseWriter, rc *http.ResponseCon
 		if !ok {
 			// The response has started: the only honest signal left is to
 			// cut the connection, so the client sees no final chunk.
-			s.log.Warn("response cut", "request_id", id, "app", a.name, "outcome", res.Outcome.String(), "exit_status", res.ExitStatus, "err", res.Err())
-			s.logFailure(a, id, hold.status(), res.Outcome.String()+" after the response began (connection cut)", res.ExitStatus, res.Err())
+			s.log.Warn("response cut", "request_id", id, "app", a.name, "outcome", res.Outcome.String(), "exit_status", res.ExitStatus, "err", a.redactErr(res.Err()))
+			s.logFailure(a, id, hold.status(), res.Outcome.String()+" after the response began (connection cut)", res.ExitStatus, res.MemoryBytes, res.Err())
 			panic(http.ErrAbortHandler)
 		}
 		return hold.status(), res.Outcome.String()
@@ -358,28 +381,12 @@ func (s *Server) serveOn(a *liveApp, w http.ResponseWriter, rc *http.ResponseCon
 	if detail == nil {
 		detail = perr
 	}
-	s.log.Warn("app failed", "request_id", id, "app", a.name, "status", code, "outcome", res.Outcome.String(), "exit_status", res.ExitStatus, "err", detail)
+	s.log.Warn("app failed", "request_id", id, "app", a.name, "status", code, "outcome", res.Outcome.String(), "exit_status", res.ExitStatus, "err", a.redactErr(detail))
 	if code != 499 {
-		s.logFailure(a, id, code, res.Outcome.String(), res.ExitStatus, detail)
+		s.logFailure(a, id, code, res.Outcome.String(), res.ExitStatus, res.MemoryBytes, detail)
 	}
 	s.fail(w, a.name, id, code, reason)
 	return code, res.Outcome.String()
-}
-
-// logFailure puts why a request failed into the app's own log, where
-// `dust logs` finds it: the server's stderr is out of most users' reach.
-func (s *Server) logFailure(a *liveApp, id string, status int, outcome string, exitStatus int, detail error) {
-	line := fmt.Sprintf("request failed: status %d, outcome %s", status, outcome)
-	if exitStatus != 0 {
-		line += fmt.Sprintf(", exit status %d", exitStatus)
-	}
-	if detail != nil {
-		line += ": " + detail.Error()
-	}
-	if se := a.secrets.Load(); se != nil && se.redact != nil {
-		line = se.redact.Replace(line)
-	}
-	s.logs.add(a.name, id, sourceDust, "dust: "+line)
 }
 
 // bodyFailed answers a request whose body could not be read: too large
@@ -390,7 +397,7 @@ func (s *Server) bodyFailed(w http.ResponseWriter, rc *http.ResponseController, 
 	switch {
 	case errors.As(err, &tooLarge):
 		s.fail(w, a.name, id, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body exceeds %d bytes", a.set.MaxBody))
-		s.logFailure(a, id, http.StatusRequestEntityTooLarge, "body too large", 0, fmt.Errorf("max_body is %s", FormatSize(a.set.MaxBody)))
+		s.logFailure(a, id, http.StatusRequestEntityTooLarge, "body too large", 0, 0, fmt.Errorf("max_body is %s", FormatSize(a.set.MaxBody)))
 		return http.StatusRequestEntityTooLarge, "body too large"
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		// The connection's read side is spent: it cannot carry another
@@ -398,7 +405,7 @@ func (s *Server) bodyFailed(w http.ResponseWriter, rc *http.ResponseController, 
 		w.Header().Set("Connection", "close")
 		s.log.Warn("request body timeout", "request_id", id, "app", a.name, "timeout", timeout)
 		s.fail(w, a.name, id, http.StatusRequestTimeout, fmt.Sprintf("the request body did not arrive within the app's %v deadline", timeout))
-		s.logFailure(a, id, http.StatusRequestTimeout, "body timeout", 0, fmt.Errorf("the body did not arrive within the app's %v deadline", timeout))
+		s.logFailure(a, id, http.StatusRequestTimeout, "body timeout", 0, 0, fmt.Errorf("the body did not arrive within the app's %v deadline", timeout))
 		return http.StatusRequestTimeout, "body timeout"
 	}
 	s.fail(w, a.name, id, 499, "client closed request")
@@ -408,7 +415,7 @@ func (s *Server) bodyFailed(w http.ResponseWriter, rc *http.ResponseController, 
 func (s *Server) busy(w http.ResponseWriter, a *liveApp, id string, err error) (int, string) {
 	if errors.Is(err, errQueueFull) || errors.Is(err, errQueueTimeout) {
 		s.fail(w, a.name, id, http.StatusServiceUnavailable, "the app is at capacity ("+err.Error()+")", "Retry-After", "1")
-		s.logFailure(a, id, http.StatusServiceUnavailable, "at capacity", 0, err)
+		s.logFailure(a, id, http.StatusServiceUnavailable, "at capacity", 0, 0, err)
 		return http.StatusServiceUnavailable, err.Error()
 	}
 	return 499, "client gone while queued"

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 )
@@ -42,4 +43,29 @@ func ParseSize(v string) (int64, error) {
 		return 0, fmt.Errorf("size %q is too large", v)
 	}
 	return n * mult, nil
+}
+
+// HumanSize writes n bytes for reading rather than typing back: in the
+// largest binary unit n reaches, with one decimal where the unit does not
+// divide it (39664 is "38.7KiB", 4096 "4KiB", 1000 "1000B"). Settings are
+// shown with FormatSize instead, exactly as they are typed.
+func HumanSize(n int64) string {
+	if n < 0 {
+		return "-" + HumanSize(-max(n, -(1<<62)))
+	}
+	for _, u := range sizeUnits[:3] {
+		if n < u.mult {
+			// 1023.96KiB is 1MiB, not "1024KiB".
+			if lower := u.mult >> 10; lower > 1 && math.Round(float64(n)*10/float64(lower)) >= 10240 {
+				return "1" + u.suffix
+			}
+			continue
+		}
+		tenths := int64(math.Round(float64(n) * 10 / float64(u.mult)))
+		if tenths%10 == 0 {
+			return strconv.FormatInt(tenths/10, 10) + u.suffix
+		}
+		return strconv.FormatInt(tenths/10, 10) + "." + strconv.FormatInt(tenths%10, 10) + u.suffix
+	}
+	return strconv.FormatInt(n, 10) + "B"
 }

@@ -99,6 +99,14 @@ type Image struct {
 	threads map[int]*savedThread
 	// files are a Linux program's /app (Options.Files).
 	files fs.FS
+	// server: a server app's start-up (Options.Server), nil for CGI.
+	server *ServerOptions
+	// vdsoMult is the vDSO's TSC multiplier (vdso.go); 0: no vDSO.
+	// tscModel is how this host's guests read the TSC at CPL3, learnt
+	// from the image's first machine.
+	vdsoMult uint64
+	tscOnce  sync.Once
+	tscModel tscModel
 
 	mu     sync.RWMutex // Close against restores reading view
 	closed bool
@@ -117,6 +125,10 @@ type Options struct {
 	// memory (appFiles says why); later changes to Files are not seen. A
 	// libdust program has no file system and never sees them.
 	Files fs.FS
+	// Server makes a Linux program a server app (server.go): started once
+	// here, snapshotted when it first waits for a connection, and handed
+	// one connection per request.
+	Server *ServerOptions
 }
 
 // Prepare validates elf and builds its memory template.
@@ -142,6 +154,9 @@ func PrepareWith(elf []byte, limits machine.Limits, opt Options) (*Image, error)
 	img, err := parseImage(elf)
 	if err != nil {
 		return nil, err
+	}
+	if opt.Server != nil && !img.linux {
+		return nil, fmt.Errorf("%w: only a static Linux program can be a server app (this is a libdust program)", machine.ErrBadImage)
 	}
 	sys, err := kvm.Open()
 	if err != nil {
@@ -176,13 +191,14 @@ func PrepareWith(elf []byte, limits machine.Limits, opt Options) (*Image, error)
 	}
 	im := &Image{
 		sys: sys, limits: limits, lay: lay, elf: img, memfd: fd, tsize: uintptr(lay.tsize),
-		sregs: sregs, regs: lay.initialRegs(), cpuid: cpuid, files: files,
+		sregs: sregs, regs: lay.initialRegs(), cpuid: cpuid, files: files, server: opt.Server,
 	}
 	if img.linux {
 		// AT_HWCAP is CPUID leaf 1 EDX, as Linux reports it; the guest
 		// sees this CPUID list.
 		leaf1, _ := cpuidLeaf(cpuid, 1)
 		im.hwcap = uint64(leaf1.EDX)
+		im.vdsoMult = vdsoMultFor(hostTSCHz(sys))
 	}
 	// The memfd holds the bytes now; without these references the Image
 	// does not also pin the caller's copy of the ELF file.
@@ -418,6 +434,18 @@ func (im *Image) newMachine() (m *Machine, err error) {
 			im.state, im.stateErr = captureState(mm)
 		}
 	})
+	vdso := im.vdsoMult != 0 && im.state != nil && im.state.tscOffset
+	var off uint64
+	if vdso {
+		// The vDSO computes time from the guest TSC: set its offset, so
+		// that the monitor knows it (a new vCPU's TSC starts at 0, and so
+		// does this one's), then see what the guest reads (vdso.go).
+		off = -kvm.HostTSC()
+		if err = kvm.SetTSCOffset(mm.vcpufd, off); err != nil {
+			return nil, err
+		}
+		lap("TSC offset (vDSO)")
+	}
 	if im.snapshotted {
 		if err = mm.applySnapshotState(); err != nil {
 			return nil, err
@@ -429,6 +457,18 @@ func (im *Image) newMachine() (m *Machine, err error) {
 			return nil, err
 		}
 		lap("warm-up run (first KVM_RUN, stub, KVM_SET_REGS)")
+	} else if vdso {
+		g, h, err := mm.runStub()
+		if err != nil {
+			return nil, err
+		}
+		mm.stubTSC = [2]uint64{g, h}
+		lap("TSC probe (stub run)")
+	}
+	if vdso {
+		if err = mm.learnTSC(off); err != nil {
+			return nil, err
+		}
 	}
 	return m, nil
 }

@@ -34,6 +34,10 @@ var newProcess = func(cfg linux.Config, im *Image) syscaller {
 	return p
 }
 
+// wrapClone is the process a request of a snapshotted image runs with;
+// tests substitute a wrapper, as they do for newProcess.
+var wrapClone = func(p *linux.Process) syscaller { return p }
+
 // restrictProcess tells the process which guest memory its system calls
 // may not touch. Config.Mem is all of guest memory from address 0, so
 // without this a read() into the stub, or a getrandom() into the page
@@ -42,7 +46,9 @@ func restrictProcess(p *linux.Process, im *Image) {
 	lay := im.lay
 	p.Deny(0, linuxStubAddr)                          // GDT, TSS, page tables, warm-up stub
 	p.ReadOnly(linuxStubAddr, linuxPhdrAddr+pageSize) // the stub and the program-header copy
-	p.Deny(linuxPhdrAddr+pageSize, imageBase)         // unmapped
+	p.Deny(linuxPhdrAddr+pageSize, vdsoDataAddr)      // unmapped
+	p.ReadOnly(vdsoDataAddr, vdsoAddr+pageSize)       // the vDSO: a program may write(2) it out, as on Linux
+	p.Deny(vdsoAddr+pageSize, imageBase)              // unmapped
 	for _, sg := range im.elf.segments {
 		if sg.flags&pfW == 0 {
 			p.ReadOnly(sg.vaddr&^(pageSize-1), alignUp(sg.vaddr+sg.memsz, pageSize))
@@ -78,6 +84,9 @@ func (s *session) placeLinux(req *machine.Request) error {
 	lay := m.im.lay
 	args := linuxArgs(req)
 	e := &linuxEntry{phdr: m.im.elf.phdrAddr, phnum: m.im.elf.phnum, entry: lay.entry, hwcap: m.im.hwcap}
+	if m.vdsoOn() {
+		e.vdso = vdsoAddr
+	}
 	rand.Read(e.random[:])
 	// A quarter of the stack for arguments and environment, as Linux
 	// allows a quarter of RLIMIT_STACK.
@@ -92,7 +101,7 @@ func (s *session) placeLinux(req *machine.Request) error {
 	regs.RSP = sp
 	m.run.Sync().Regs = regs
 	*m.run.DirtyRegs() |= kvm.KVM_SYNC_X86_REGS
-	s.proc = newProcess(s.linuxConfig(req), m.im)
+	s.proc = newProcess(s.linuxConfig(req, 0), m.im)
 	s.tid, s.threads = linuxMainTid, nil
 	m.proc = s.proc
 	return nil
@@ -105,15 +114,27 @@ func (s *session) placeLinux(req *machine.Request) error {
 // the program takes its request through linux.SysRequest.
 func (s *session) placeSnapshot(req *machine.Request) error {
 	m := s.m
-	cfg := s.linuxConfig(req)
+	cfg := s.linuxConfig(req, m.im.proc.ReadyAt())
 	if len(cfg.Request) > maxRequestBlock {
 		return fmt.Errorf("%w: the arguments and environment take %d bytes, at most %d", ErrRequestTooLarge, len(cfg.Request), maxRequestBlock)
 	}
 	regs := m.im.regs
-	regs.RAX = uint64(len(cfg.Request))
+	if m.im.server == nil {
+		// The ready call returns the size of the request to read. A
+		// server instead re-executes the wait it was snapshotted in,
+		// which the delivered connection now completes.
+		regs.RAX = uint64(len(cfg.Request))
+	}
 	m.run.Sync().Regs = regs
 	*m.run.DirtyRegs() |= kvm.KVM_SYNC_X86_REGS
-	s.proc = m.im.proc.Clone(cfg)
+	p := m.im.proc.Clone(cfg)
+	if m.im.server != nil {
+		if err := s.connect(p, req); err != nil {
+			p.Close()
+			return err
+		}
+	}
+	s.proc = wrapClone(p)
 	s.tid, s.threads = m.im.tid, make(map[int]*savedThread, len(m.im.threads))
 	for tid, t := range m.im.threads {
 		c := *t
@@ -127,11 +148,13 @@ func (s *session) placeSnapshot(req *machine.Request) error {
 // environment) as Linux's ARG_MAX bounds what execve takes.
 const maxRequestBlock = 2 << 20
 
-// linuxConfig is what a request's Linux process may use.
-func (s *session) linuxConfig(req *machine.Request) linux.Config {
+// linuxConfig is what a request's Linux process may use; base is its
+// CLOCK_MONOTONIC when the run starts (a copy's continues from its
+// snapshot's, linux.Process.Clone).
+func (s *session) linuxConfig(req *machine.Request, base int64) linux.Config {
 	m := s.m
 	lay := m.im.lay
-	start := time.Now()
+	mono, now := s.linuxClock(base)
 	ctx := s.ctx
 	if m.proc != nil {
 		m.proc.Close() // the previous request's, on a restored machine
@@ -145,8 +168,8 @@ func (s *session) linuxConfig(req *machine.Request) linux.Config {
 		Stdout:    linuxWriter{s, fdStdout},
 		Stderr:    linuxWriter{s, fdStderr},
 		Files:     m.im.files,
-		Now:       time.Now,
-		Monotonic: func() int64 { return int64(time.Since(start)) },
+		Now:       now,
+		Monotonic: mono,
 		Random:    func(b []byte) { rand.Read(b) },
 		HeapZero:  true, // fresh machines and restores both start from the template
 		Sleep: func(d time.Duration) bool {
@@ -160,7 +183,15 @@ func (s *session) linuxConfig(req *machine.Request) linux.Config {
 			}
 		},
 	}
-	if !m.stopAtReady {
+	switch {
+	case m.im.server != nil:
+		// A server's stdout is its log; the response is what it writes
+		// to the request's connection.
+		cfg.Stdout = linuxWriter{s, fdStderr}
+		cfg.ReadyOnAccept = m.stopAtReady
+		cfg.GoRuntime = m.im.elf.goRuntime
+		cfg.Request = []byte{}
+	case !m.stopAtReady:
 		// The snapshot run has no request: its ready call ends the run.
 		cfg.Request = linux.EncodeRequest(linuxArgs(req), req.Env)
 	}
@@ -283,6 +314,18 @@ func (s *session) linuxIO() bool {
 		return false
 	}
 	r := s.proc.Call(regs.RAX, [6]uint64{regs.RDI, regs.RSI, regs.RDX, regs.R10, regs.R8, regs.R9})
+	if s.responseDone && r.Action != linux.ActionStop {
+		// A server app closed the request's connection (or shut it for
+		// writing): the response is complete and the request served,
+		// whatever the program would do next (Go's net/http may linger
+		// half a second before closing a connection whose request body it
+		// did not read). The machine is restored before any other use.
+		s.end(machine.Served, "")
+		m.mu.Lock()
+		m.lastExited = true
+		m.mu.Unlock()
+		return false
+	}
 	switch r.Action {
 	case linux.ActionExit:
 		s.end(machine.Served, "")
@@ -293,6 +336,14 @@ func (s *session) linuxIO() bool {
 		return false
 	case linux.ActionStop:
 		s.linuxStop(r.Err)
+		return false
+	case linux.ActionIdle:
+		// A server app closed the request's connection and waits for the
+		// next one: the request is served.
+		s.end(machine.Served, "")
+		m.mu.Lock()
+		m.lastExited = true // no exception, as after an exit
+		m.mu.Unlock()
 		return false
 	case linux.ActionReady:
 		if !m.stopAtReady {

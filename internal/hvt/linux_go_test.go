@@ -77,7 +77,12 @@ func countCalls(t testing.TB) func() (map[string]int, int) {
 		last = countingProc{old(cfg, im), map[string]int{}, new(int)}
 		return last
 	}
-	t.Cleanup(func() { newProcess = old })
+	oldClone := wrapClone
+	wrapClone = func(p *linux.Process) syscaller {
+		last = countingProc{p, map[string]int{}, new(int)}
+		return last
+	}
+	t.Cleanup(func() { newProcess, wrapClone = old, oldClone })
 	return func() (map[string]int, int) { return last.byName, *last.switches }
 }
 

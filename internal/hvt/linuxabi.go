@@ -316,6 +316,7 @@ func buildLinuxLayout(img *elfImage, memSize uint64) (*layout, error) {
 	writeMonitorPages(t)
 	copy(t[linuxStubAddr:], linuxStub)
 	copy(t[linuxPhdrAddr:], img.phdrCopy)
+	copy(t[vdsoAddr:], vdsoImage())
 	if err := l.pageTables(img, t); err != nil {
 		return nil, err
 	}
@@ -329,8 +330,10 @@ func (l *layout) linuxPerm(img *elfImage, addr uint64) uint64 {
 	switch {
 	case addr == gdtAddr, addr >= tssAddr && addr <= tssAddr+tssLimit:
 		return permSuperRW
-	case addr == warmAddr, addr == linuxStubAddr:
+	case addr == warmAddr, addr == linuxStubAddr, addr == vdsoAddr:
 		return permUserRX
+	case addr == vdsoDataAddr:
+		return permUserRO
 	case addr == linuxPhdrAddr && img.phdrCopy != nil:
 		return permUserRO
 	case addr < imageBase, addr == l.guard:
@@ -404,11 +407,13 @@ const (
 	atRandom   = 25
 	atHwcap2   = 26
 	atExecfn   = 31
+	atSysinfo  = 33 // AT_SYSINFO_EHDR: the vDSO
 )
 
 // linuxEntry is what the initial stack describes besides argv and envp.
 type linuxEntry struct {
 	phdr, phnum, entry, hwcap uint64
+	vdso                      uint64 // the vDSO's address, 0 for none
 	random                    [16]byte
 }
 
@@ -423,7 +428,7 @@ func buildStack(mem []byte, top, floor uint64, args, env []string, e *linuxEntry
 		}
 		need += uint64(len(s)) + 1
 	}
-	const nAux = 19
+	const nAux = 20
 	vec := 8 * uint64(1+len(args)+1+len(env)+1+2*nAux)
 	if need+vec+16 > top-floor {
 		return 0, fmt.Errorf("%w: argv and environment need %d bytes, the stack allows %d", ErrRequestTooLarge, need+vec+16, top-floor)
@@ -462,13 +467,17 @@ func buildStack(mem []byte, top, floor uint64, args, env []string, e *linuxEntry
 		put(a)
 	}
 	put(0)
-	aux := [nAux][2]uint64{
+	aux := [][2]uint64{
 		{atPhdr, e.phdr}, {atPhent, phdrSize}, {atPhnum, e.phnum}, {atPagesz, pageSize},
 		{atBase, 0}, {atFlags, 0}, {atEntry, e.entry},
 		{atUID, linuxUID}, {atEUID, linuxUID}, {atGID, linuxGID}, {atEGID, linuxGID},
 		{atSecure, 0}, {atRandom, random}, {atHwcap, e.hwcap}, {atHwcap2, 0},
-		{atClktck, 100}, {atPlatform, platform}, {atExecfn, argv[0]}, {atNull, 0},
+		{atClktck, 100}, {atPlatform, platform}, {atExecfn, argv[0]},
 	}
+	if e.vdso != 0 {
+		aux = append(aux, [2]uint64{atSysinfo, e.vdso})
+	}
+	aux = append(aux, [2]uint64{atNull, 0})
 	for _, a := range aux {
 		put(a[0])
 		put(a[1])

@@ -343,7 +343,13 @@ func (m *Machine) Reset() error {
 	// (≈ 5-7 µs apiece on this host) is spent only after any other ending.
 	steps := []func() error{
 		func() error { return kvm.SetXSave(fd, &st.xsave) },
-		func() error { return resetTSC(fd, st) },
+		func() error {
+			off, err := resetTSC(fd, st)
+			if m.im.tscModel == tscOffsetApplied {
+				m.tscOffset = off
+			}
+			return err
+		},
 	}
 	if !m.lastExited {
 		steps = append(steps,
@@ -414,13 +420,14 @@ func (m *Machine) completePending() error {
 // = host TSC + offset, no scaling: the monitor never sets a TSC rate).
 // Under PVM the guest reads the host's counter whatever either says; the
 // leak suite measures what a request sees.
-func resetTSC(fd int, st *vcpuState) error {
+func resetTSC(fd int, st *vcpuState) (offset uint64, err error) {
 	if st.tscOffset {
-		return kvm.SetTSCOffset(fd, st.tsc-kvm.HostTSC())
+		offset = st.tsc - kvm.HostTSC()
+		return offset, kvm.SetTSCOffset(fd, offset)
 	}
 	tsc := kvm.MSRs{NMSRs: 1}
 	tsc.Entries[0] = kvm.MSREntry{Index: kvm.MSR_IA32_TSC, Data: st.tsc}
-	return kvm.SetMSRs(fd, &tsc)
+	return 0, kvm.SetMSRs(fd, &tsc)
 }
 
 // Reused reports how many times the machine has been restored: 0 for a

@@ -64,6 +64,12 @@ type Machine struct {
 	readyProc    syscaller
 	readyTid     int
 	readyThreads map[int]*savedThread
+	// The vCPU's TSC offset, when the monitor set it (the vDSO's time
+	// base, vdso.go).
+	tscOffset uint64
+	tscKnown  bool
+	// stubTSC: the guest's and the host's TSC when the warm-up stub ran.
+	stubTSC [2]uint64
 	// completed: the last run's pending I/O completion was done
 	// (completePending).
 	completed   bool
@@ -156,6 +162,9 @@ type session struct {
 	// the others (linux.go).
 	tid     int
 	threads map[int]*savedThread
+	// responseDone: a server app closed the request's connection
+	// (server.go).
+	responseDone bool
 }
 
 // Run serves one request on this machine (machine.Machine).

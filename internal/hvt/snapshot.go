@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 
 	"golang.org/x/sys/unix"
 
@@ -34,7 +33,7 @@ var errSnapshot = errors.New("hvt: snapshot")
 // snapshot runs the image to its ready point and, if it has one, replaces
 // the template with the state there. It reports whether it did.
 func (im *Image) snapshot() (bool, error) {
-	if !im.elf.ready {
+	if !im.elf.ready && im.server == nil {
 		return false, nil
 	}
 	m, err := im.newMachine()
@@ -46,14 +45,24 @@ func (im *Image) snapshot() (bool, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), im.limits.Timeout)
 	defer cancel()
 	req := snapshotRequest
-	res := m.Run(ctx, &req, io.Discard, io.Discard)
+	if im.server != nil {
+		req = im.server.serverStart()
+	}
+	// What the program says on the way is the best clue when it does
+	// not get there: its last bytes go into the error.
+	log := &tailBuffer{max: 2 << 10}
+	res := m.Run(ctx, &req, log, log)
 	if !m.readyHit {
+		if im.server != nil {
+			return false, fmt.Errorf("%w: the server did not wait for a connection within its %v timeout (it must listen on $PORT and accept): %v (outcome %v, exit status %d)%s",
+				errServer, im.limits.Timeout, res.Err(), res.Outcome, res.ExitStatus, log.said())
+		}
 		links := "it links dust_ready"
 		if im.lay.linux {
 			links = "it links package dustgo, whose Handle makes the ready call"
 		}
-		return false, fmt.Errorf("%w: the program has a ready point (%s) but ended before reaching it, with an empty request, within its %v timeout: %v (outcome %v)",
-			errSnapshot, links, im.limits.Timeout, res.Err(), res.Outcome)
+		return false, fmt.Errorf("%w: the program has a ready point (%s) but ended before reaching it, with an empty request, within its %v timeout: %v (outcome %v)%s",
+			errSnapshot, links, im.limits.Timeout, res.Err(), res.Outcome, log.said())
 	}
 	var proc *linux.Process
 	if im.lay.linux {
@@ -166,3 +175,25 @@ func (m *Machine) applySnapshotState() error {
 // Snapshotted reports whether the image starts requests from a post-init
 // snapshot (the program calls dust_ready()).
 func (im *Image) Snapshotted() bool { return im.snapshotted }
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	max int
+	b   []byte
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.b = append(t.b, p...)
+	if len(t.b) > t.max {
+		t.b = append(t.b[:0], t.b[len(t.b)-t.max:]...)
+	}
+	return len(p), nil
+}
+
+// said is the tail for an error message, quoted, or "".
+func (t *tailBuffer) said() string {
+	if len(t.b) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("; its output ended with %q", t.b)
+}

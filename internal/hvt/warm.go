@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 	"unsafe"
 
@@ -49,11 +50,13 @@ const (
 //	   mov %rdi, %rax; and $-2, %rdi; movb (%rdi), %cl
 //	   test $1, %al; jz 2f; movb %cl, (%rdi)
 //	2: add $8, %rsi; jmp 1b
-//	3: mov $0xD0FF, %edx; xor %eax, %eax; outl %eax, %dx; ud2
+//	3: rdtsc; shl $32, %rdx; or %rdx, %rax; mov %rax, %rbx   # the TSC as CPL3 reads it
+//	   mov $0xD0FF, %edx; xor %eax, %eax; outl %eax, %dx; ud2
 var warmStub = []byte{
 	0xbe, 0x00, 0xf4, 0x00, 0x00, 0x48, 0x8b, 0x3e, 0x48, 0x85, 0xff, 0x74,
 	0x15, 0x48, 0x89, 0xf8, 0x48, 0x83, 0xe7, 0xfe, 0x8a, 0x0f, 0xa8, 0x01,
-	0x74, 0x02, 0x88, 0x0f, 0x48, 0x83, 0xc6, 0x08, 0xeb, 0xe3, 0xba, 0xff,
+	0x74, 0x02, 0x88, 0x0f, 0x48, 0x83, 0xc6, 0x08, 0xeb, 0xe3, 0x0f, 0x31,
+	0x48, 0xc1, 0xe2, 0x20, 0x48, 0x09, 0xd0, 0x48, 0x89, 0xc3, 0xba, 0xff,
 	0xd0, 0x00, 0x00, 0x31, 0xc0, 0xef, 0x0f, 0x0b,
 }
 
@@ -76,6 +79,11 @@ func (im *Image) probe() ([]uint64, error) {
 			"QUERY_STRING=", "SERVER_NAME=localhost", "SERVER_PORT=80", "SERVER_PROTOCOL=HTTP/1.1",
 			"SERVER_SOFTWARE=dust", "REMOTE_ADDR=127.0.0.1", "REMOTE_PORT=0", "HTTP_HOST=localhost",
 			"HTTP_USER_AGENT=dust-probe", "HTTP_ACCEPT=*/*"},
+	}
+	if im.server != nil {
+		// A server app reads its request from the connection.
+		raw := "GET / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: dust-probe\r\nConnection: close\r\n\r\n"
+		req.Body, req.BodyLen = strings.NewReader(raw), -1
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
 	defer cancel()
@@ -130,9 +138,19 @@ func (m *Machine) warm() error {
 	if err := unix.Madvise(m.mem[hpStart:hpEnd], unix.MADV_POPULATE_WRITE); err != nil {
 		return fmt.Errorf("%w: populating request pages: %v", errWarm, err)
 	}
+	g, h, err := m.runStub()
+	m.stubTSC = [2]uint64{g, h}
+	return err
+}
+
+// runStub runs the warm-up stub (with whatever warm list the template
+// has: none before Prepare sets it) and resets the vCPU to the entry
+// state. It returns the TSC as the guest read it at CPL3 and the host's
+// right after the exit (vdso.go).
+func (m *Machine) runStub() (guestTSC, hostTSC uint64, err error) {
 	regs := kvm.Regs{RIP: warmAddr, RSP: m.im.lay.stackTop, RFLAGS: 0x3002}
 	if err := kvm.SetRegs(m.vcpufd, &regs); err != nil {
-		return err
+		return 0, 0, err
 	}
 	for {
 		err := kvm.RunVCPU(m.vcpufd)
@@ -140,13 +158,18 @@ func (m *Machine) warm() error {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("%w: KVM_RUN: %v", errWarm, err)
+			return 0, 0, fmt.Errorf("%w: KVM_RUN: %v", errWarm, err)
 		}
 		break
 	}
+	hostTSC = kvm.HostTSC()
 	if r := m.run.ExitReason; r != kvm.KVM_EXIT_IO || m.run.IO().Port != warmPort {
-		return fmt.Errorf("%w: exit reason %d", errWarm, r)
+		return 0, 0, fmt.Errorf("%w: exit reason %d", errWarm, r)
 	}
+	if err := kvm.GetRegs(m.vcpufd, &regs); err != nil {
+		return 0, 0, err
+	}
+	guestTSC = regs.RBX
 	regs = m.im.regs
-	return kvm.SetRegs(m.vcpufd, &regs)
+	return guestTSC, hostTSC, kvm.SetRegs(m.vcpufd, &regs)
 }

@@ -50,7 +50,7 @@ int main(void) {
 	O(kvm_vcpu_events, exception_has_payload) O(kvm_vcpu_events, exception_payload)
 	S(kvm_msrs) S(kvm_msr_entry) S(kvm_mp_state) S(kvm_sync_regs) O(kvm_sync_regs, sregs) O(kvm_sync_regs, events)
 	O(kvm_run, kvm_valid_regs) O(kvm_run, kvm_dirty_regs) O(kvm_run, s)
-	I(KVM_SET_MSRS) I(KVM_GET_FPU) I(KVM_SET_FPU) I(KVM_SET_MP_STATE) I(KVM_GET_VCPU_EVENTS) I(KVM_SET_VCPU_EVENTS)
+	I(KVM_GET_MSRS) I(KVM_SET_MSRS) I(KVM_GET_FPU) I(KVM_SET_FPU) I(KVM_SET_MP_STATE) I(KVM_GET_VCPU_EVENTS) I(KVM_SET_VCPU_EVENTS)
 	I(KVM_GET_DEBUGREGS) I(KVM_SET_DEBUGREGS) I(KVM_GET_XSAVE) I(KVM_SET_XSAVE) I(KVM_GET_XCRS) I(KVM_SET_XCRS)
 	I(KVM_GET_XSAVE2) I(KVM_CAP_VCPU_EVENTS) I(KVM_CAP_DEBUGREGS) I(KVM_CAP_XCRS) I(KVM_CAP_SYNC_REGS) I(KVM_CAP_XSAVE2)
 	I(KVM_SYNC_X86_REGS) I(KVM_SYNC_X86_SREGS) I(KVM_SYNC_X86_EVENTS) I(KVM_MP_STATE_RUNNABLE)
@@ -176,6 +176,7 @@ func TestLayoutMatchesKernelHeaders(t *testing.T) {
 		"kvm_run.kvm_valid_regs":                runValidRegsOff,
 		"kvm_run.kvm_dirty_regs":                runDirtyRegsOff,
 		"kvm_run.s":                             runSyncRegsOff,
+		"KVM_GET_MSRS":                          uint64(KVM_GET_MSRS),
 		"KVM_SET_MSRS":                          uint64(KVM_SET_MSRS),
 		"KVM_GET_FPU":                           uint64(KVM_GET_FPU),
 		"KVM_SET_FPU":                           uint64(KVM_SET_FPU),

@@ -138,6 +138,7 @@ const (
 )
 
 var (
+	KVM_GET_MSRS        = ioc(iocRead|iocWrite, 0x88, unsafe.Sizeof(struct{ N, P uint32 }{}))
 	KVM_SET_MSRS        = ioc(iocWrite, 0x89, unsafe.Sizeof(struct{ N, P uint32 }{}))
 	KVM_GET_FPU         = ioc(iocRead, 0x8c, unsafe.Sizeof(FPU{}))
 	KVM_SET_FPU         = ioc(iocWrite, 0x8d, unsafe.Sizeof(FPU{}))
@@ -219,6 +220,19 @@ func SetMSRs(fd int, m *MSRs) error {
 	}
 	if n != int(m.NMSRs) {
 		return fmt.Errorf("kvm: KVM_SET_MSRS: set %d of %d MSRs (first refused: %#x)", n, m.NMSRs, m.Entries[min(n, len(m.Entries)-1)].Index)
+	}
+	return nil
+}
+
+// GetMSRs issues KVM_GET_MSRS for the first m.NMSRs entries, filling in
+// their Data; anything short of all is an error.
+func GetMSRs(fd int, m *MSRs) error {
+	n, err := ioctl(fd, KVM_GET_MSRS, uintptr(unsafe.Pointer(m)))
+	if err != nil {
+		return fmt.Errorf("kvm: KVM_GET_MSRS: %w", err)
+	}
+	if n != int(m.NMSRs) {
+		return fmt.Errorf("kvm: KVM_GET_MSRS: read %d of %d MSRs", n, m.NMSRs)
 	}
 	return nil
 }

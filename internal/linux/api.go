@@ -60,6 +60,11 @@ type Config struct {
 	// ready point. nil only in the snapshot run, where SysReady ends the
 	// run instead of returning.
 	Request []byte
+	// GoRuntime says the program is a Go binary (the monitor knows from
+	// its build note): at a ready point that declares no random state
+	// (an unmodified server's first accept), the process finds the Go
+	// runtime's itself, or refuses the ready point (dust.go).
+	GoRuntime bool
 }
 
 // Action tells the monitor what to do after a call.
@@ -79,7 +84,22 @@ const (
 	// none pending). The monitor takes the post-init snapshot there;
 	// Result.Ret is what RAX holds when a request resumes the program
 	// (the monitor may replace it with the request's own value).
+	// At a wait for a connection Result.Restart is set and Ret is the
+	// call's number: the snapshot's registers are those of the thread
+	// about to re-execute its accept, poll or epoll_wait (RAX = Ret, RIP
+	// back on the SYSCALL instruction), so a copy handed a connection
+	// (Process.Connect) completes the call as if it had waited for it.
 	ActionReady
+	// ActionIdle: a server program (Config.ReadyOnAccept, or one that was
+	// handed connections with Process.Connect) waits for a connection
+	// with none pending, and every connection delivered so far is
+	// finished: written to its end (shutdown, or closed). For a server
+	// app this is the end of the request. Result.Restart is set and Ret
+	// is the call's number, as for ActionReady at a connection wait: a
+	// monitor that delivers another connection may resume the program
+	// there; one that does not must not resume it (it would be idle
+	// again at once).
+	ActionIdle
 )
 
 // Result of one system call.
@@ -120,7 +140,8 @@ func New(cfg Config) *Process { return newProcess(cfg) }
 // R8, R9).
 func (p *Process) Call(nr uint64, args [6]uint64) Result { return p.call(nr, args) }
 
-// Unknown reports the system calls answered ENOSYS or EPERM so far, by
+// Unknown reports the system calls answered ENOSYS or EPERM so far, and
+// those refused otherwise (connect, other socket families and types), by
 // name (or "syscall_N"), with how many times each: the monitor logs them
 // once per request and counts them per app.
 func (p *Process) Unknown() map[string]int { return p.unknown() }

@@ -53,6 +53,7 @@ func (p *Process) Clone(cfg Config) *Process {
 		}
 		st.fds[i] = &fdesc{f: f, cloexec: d.cloexec}
 	}
+	q.cloneNet(old, files)
 	// Registrations name open files: point them at the copies (one whose
 	// file is no longer installed is dropped, as at the next wait).
 	for _, f := range files {

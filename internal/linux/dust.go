@@ -252,3 +252,69 @@ func sysRequest(p *Process, a [6]uint64) Result {
 // Ready reports whether the program reached its ready point (SysReady in
 // the snapshot run).
 func (p *Process) Ready() bool { return p.st.readied }
+
+// A Go program that declares no random state at its ready point (an
+// unmodified server snapshotted at its first accept) still has it: every
+// M's runtime.rand and runtime.cheaprand generators. The process finds
+// them itself: each thread's M is where Go's TLS points (the g at FS-8,
+// then g.m at +48, as the runtime's assembly has it), and in every M the
+// chacha8 state is the one place whose counters look like one (i <= n, n
+// 32 or 28, c a multiple of 4 below 16) after 36 words, at the same
+// offset in all of them; cheaprand is the word after it (runtime.m
+// declares the two together). Anything else is refused rather than
+// guessed: a snapshot whose randomness cannot be refreshed would replay
+// it in every request.
+const (
+	goTLSG       = -8
+	goGM         = 48
+	goMWindow    = 4096
+	goChachaSize = 300 // buf [32]uint64, seed [4]uint64, i, n, c uint32
+	goChachaI    = 288
+	goCheapAt    = 304 // the uint64 after the state, aligned
+)
+
+var errGoRand = errors.New("cannot locate the Go runtime's random state, so a snapshot would replay it")
+
+func (p *Process) locateGoRand() (*randDesc, error) {
+	d := &randDesc{hops: []int64{goTLSG, goGM}, regions: []randRegion{{0, 8}}}
+	var ms []uint64
+	for _, t := range p.st.threads {
+		base, ok := p.randBase(d, t)
+		if !ok {
+			return nil, fmt.Errorf("%w: thread %d has no M at its FS base %#x", errGoRand, t.tid, t.fsBase)
+		}
+		ms = append(ms, base)
+	}
+	at := -1
+	for o := 0; o+goCheapAt+8 <= goMWindow; o += 8 {
+		all := true
+		for _, m := range ms {
+			b, e := p.rmem(m+uint64(o), goCheapAt+8)
+			if e != 0 || !plausibleChacha8(b) {
+				all = false
+				break
+			}
+		}
+		if !all {
+			continue
+		}
+		if at >= 0 {
+			return nil, fmt.Errorf("%w: two candidates in every M (+%d and +%d)", errGoRand, at, o)
+		}
+		at = o
+	}
+	if at < 0 {
+		return nil, fmt.Errorf("%w: no chacha8 state at the same place in all %d Ms", errGoRand, len(ms))
+	}
+	d.regions = []randRegion{{uint64(at), goChachaI}, {uint64(at + goCheapAt), 8}}
+	return d, nil
+}
+
+func plausibleChacha8(b []byte) bool {
+	i, n, c := le.Uint32(b[goChachaI:]), le.Uint32(b[goChachaI+4:]), le.Uint32(b[goChachaI+8:])
+	return (n == 32 || n == 28) && i <= n && c%4 == 0 && c < 16 && !allZero(b[:goChachaI])
+}
+
+// ReadyAt is the process's CLOCK_MONOTONIC at its ready point: where the
+// clock of every copy (Clone) continues from.
+func (p *Process) ReadyAt() int64 { return p.st.readyAt }

@@ -3,6 +3,7 @@ package linux
 import (
 	"bytes"
 	"crypto/rand"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -206,4 +207,48 @@ func FuzzReadyDescriptor(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Every request's process is a Clone of the one snapshot process, made
+// concurrently by machines serving at the same time: Clone must only read
+// it. Run with -race (make test does).
+func TestCloneConcurrent(t *testing.T) {
+	e := newEnv(t, "")
+	f := e.fakeThread()
+	e.want(0, unix.SYS_ARCH_PRCTL, archSetFS, f.fs)
+	fd := e.open("/tmp/state", unix.O_CREAT|unix.O_RDWR)
+	e.want(5, unix.SYS_WRITE, fd, e.str("hello"), 5)
+	e.open("/app/index.lua", unix.O_RDONLY)
+	fds := e.buf(8)
+	e.want(0, unix.SYS_PIPE2, fds, 0)
+	e.want(3, unix.SYS_WRITE, uint64(le.Uint32(e.mem[fds+4:])), e.str("abc"), 3)
+	if r := e.call(SysReady, goDesc(e, f.m)); r.Action != ActionReady {
+		t.Fatal(r.Err)
+	}
+	done := make(chan error)
+	for i := range 8 {
+		go func() {
+			c := newEnv(t, "")
+			copy(c.mem, e.mem)
+			c.next = e.next
+			c.p = e.p.Clone(Config{Mem: c.mem, HeapStart: tHeapStart, HeapEnd: tHeapEnd, Request: []byte{byte(i)}, Files: appFiles, Random: func(b []byte) { rand.Read(b) }})
+			b := c.buf(16)
+			var err error
+			for _, call := range [][]uint64{{unix.SYS_PREAD64, fd, b, 16, 0}, {unix.SYS_WRITE, fd, b, 3}, {unix.SYS_READ, uint64(le.Uint32(c.mem[fds:])), b, 16}, {unix.SYS_UNLINK, c.str("/tmp/state")}} {
+				var a [6]uint64
+				copy(a[:], call[1:])
+				if r := c.p.Call(call[0], a); r.Action != ActionContinue || int64(r.Ret) < 0 {
+					err = fmt.Errorf("clone %d: %s = %s", i, sysName(call[0]), show(r.Ret))
+					break
+				}
+			}
+			done <- err
+		}()
+	}
+	for range 8 {
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}
+	e.want(5, unix.SYS_PREAD64, fd, e.buf(16), 16, 0) // the snapshot's own file is untouched
 }

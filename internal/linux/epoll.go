@@ -8,17 +8,19 @@ import (
 )
 
 // epoll, as far as the objects of this process can be polled: pipes,
-// eventfds and stdio (stdin always readable: the body is already there or
-// at its end; stdout and stderr always writable). The Go runtime needs it
-// for its timers: time.Sleep, the scavenger and the GC pacer park their M
-// in epoll_pwait with the next timer's delay, and other threads wake it by
-// writing to an eventfd (netpollBreak).
+// eventfds, sockets (net.go) and stdio (stdin always readable: the body is
+// already there or at its end; stdout and stderr always writable). The Go
+// runtime needs it for its timers: time.Sleep, the scavenger and the GC
+// pacer park their M in epoll_pwait with the next timer's delay, and other
+// threads wake it by writing to an eventfd (netpollBreak); and for its
+// network poller.
 //
 // Readiness is computed at each wait, never queued. Edge-triggered
-// registrations report an object only when some pipe or eventfd changed
-// since they last reported it: an approximation of "changed since", which
-// may report an edge twice but never loses one; the Go runtime, the only
-// edge-triggered user here, reads until EAGAIN and tolerates both.
+// registrations report an object only when some pipe, eventfd or socket
+// changed since they last reported it: an approximation of "changed
+// since", which may report an edge twice but never loses one; the Go
+// runtime, the only edge-triggered user here, reads until EAGAIN and
+// tolerates both.
 
 type epoll struct {
 	items []*epItem // in registration order
@@ -100,7 +102,7 @@ func sysEpollCtl(p *Process, a [6]uint64) Result {
 		return fail(unix.EINVAL)
 	}
 	switch f.n.kind {
-	case kPipe, kEvent, kStdin, kStdout, kStderr:
+	case kPipe, kEvent, kStdin, kStdout, kStderr, kSock:
 	case kEpoll:
 		// Nested epoll sets: nobody we serve uses them.
 		return fail(unix.EINVAL)
@@ -174,6 +176,8 @@ func readiness(f *ofile) uint32 {
 				r |= epollErr
 			}
 		}
+	case f.sock != nil:
+		r = sockReadiness(f.sock)
 	case f.ev != nil:
 		if f.ev.count > 0 {
 			r |= epollIn
@@ -239,6 +243,16 @@ func (p *Process) epollWait(nr uint64, epfd int32, events, maxEvents uint64, tim
 	}
 	if n := p.collect(ep, buf, int(maxEvents)); n > 0 || timeout == 0 {
 		return ok(uint64(n))
+	}
+	for _, it := range ep.items {
+		if watchesListener(it.f, it.events) {
+			// A wait for a connection: the ready point, or the end of a
+			// request (net.go).
+			if r, ok := p.connWait(nr); ok {
+				return r
+			}
+			break
+		}
 	}
 	deadline := int64(noDeadline)
 	if timeout > 0 {

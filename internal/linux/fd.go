@@ -25,6 +25,7 @@ type ofile struct {
 	pipe *pipe
 	ev   *eventfd
 	ep   *epoll
+	sock *socket
 }
 
 type fdesc struct {
@@ -60,6 +61,8 @@ func (p *Process) release(f *ofile) {
 	case f.n.kind == kTmp:
 		f.n.tmp.opens--
 		p.tmpMaybeFree(f.n.tmp)
+	case f.sock != nil:
+		p.sockClose(f.sock)
 	case f.pipe != nil:
 		p.ioChanged() // a reader sees EOF, a writer EPIPE
 		if f.flags&unix.O_ACCMODE == unix.O_RDONLY {
@@ -117,7 +120,7 @@ func canWrite(f *ofile) bool {
 
 func seekable(f *ofile) bool {
 	switch f.n.kind {
-	case kStdin, kStdout, kStderr, kPipe, kEvent, kEpoll:
+	case kStdin, kStdout, kStderr, kPipe, kEvent, kEpoll, kSock:
 		return false
 	}
 	return true
@@ -205,7 +208,9 @@ func (p *Process) read(f *ofile, b []byte, off int64, pos bool) (int, error) {
 		return p.pipeRead(f, b)
 	case kEvent:
 		return p.eventRead(f, b)
-	case kEpoll:
+	case kEpoll, kSock:
+		// Socket transfers are served by net.go, which the table routes
+		// them to; nothing else reads one.
 		return 0, unix.EINVAL
 	case kTmp:
 		if f.n.tmp.dir {
@@ -281,7 +286,7 @@ func (p *Process) write(f *ofile, b []byte, off int64, pos bool) (int, error) {
 		return p.pipeWrite(f, b)
 	case kEvent:
 		return p.eventWrite(f, b)
-	case kEpoll:
+	case kEpoll, kSock:
 		return 0, unix.EINVAL
 	case kTmp:
 		if f.n.tmp.dir {
@@ -352,11 +357,11 @@ func (p *Process) live(is func(*ofile) bool) int {
 	return len(seen)
 }
 
-// errBlockForever: a blocking transfer on a pipe or eventfd that cannot
-// proceed now. With other threads the caller waits for a change and
+// errBlockForever: a blocking transfer on a pipe, eventfd or socket that
+// cannot proceed now. With other threads the caller waits for a change and
 // retries (Process.call); alone, or when every thread waits, nothing can
 // ever fill or drain it, and the run ends.
-var errBlockForever = errors.New("blocked on a pipe or eventfd that nothing can ever fill or drain")
+var errBlockForever = errors.New("blocked on a pipe, eventfd or socket that nothing can ever fill or drain")
 
 func (p *Process) pipeRead(f *ofile, b []byte) (int, error) {
 	q := f.pipe

@@ -44,6 +44,7 @@ const (
 	kPipe
 	kEvent
 	kEpoll
+	kSock // a TCP socket (net.go)
 )
 
 type devKind uint8
@@ -417,8 +418,11 @@ func (p *Process) stat(f *ofile, n node) statInfo {
 	default: // stdio, pipes, eventfds: ours, anonymous
 		s.dev, s.uid, s.gid = devPipeFS, uid, gid
 		s.mode = unix.S_IFIFO | 0o600
-		if n.kind == kEvent || n.kind == kEpoll {
+		switch n.kind {
+		case kEvent, kEpoll:
 			s.mode = 0o600
+		case kSock:
+			s.mode = unix.S_IFSOCK | 0o777
 		}
 		if f != nil {
 			s.ino = f.ino

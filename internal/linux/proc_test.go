@@ -296,9 +296,14 @@ func TestSignals(t *testing.T) {
 
 func TestUnknownAndRefused(t *testing.T) {
 	e := newEnv(t, "")
-	for _, nr := range []uint64{unix.SYS_SOCKET, unix.SYS_CONNECT, unix.SYS_EXECVE, unix.SYS_FORK, unix.SYS_CLONE, unix.SYS_PTRACE, unix.SYS_MOUNT, unix.SYS_SOCKET} {
+	for _, nr := range []uint64{unix.SYS_EXECVE, unix.SYS_FORK, unix.SYS_CLONE, unix.SYS_PTRACE, unix.SYS_MOUNT} {
 		e.wantErr(unix.EPERM, nr)
 	}
+	// Refusals with other errnos are counted too (net.go).
+	e.wantErr(unix.EAFNOSUPPORT, unix.SYS_SOCKET, unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	e.wantErr(unix.ESOCKTNOSUPPORT, unix.SYS_SOCKET, unix.AF_INET, unix.SOCK_DGRAM, 0)
+	s := e.ret(unix.SYS_SOCKET, unix.AF_INET, unix.SOCK_STREAM, 0)
+	e.wantErr(unix.ENETUNREACH, unix.SYS_CONNECT, s, e.sockaddr4([4]byte{10, 0, 0, 1}, 80), sinLen)
 	e.wantErr(unix.ENOSYS, unix.SYS_IO_URING_SETUP)
 	e.wantErr(unix.ENOSYS, 1023)
 	e.wantErr(unix.ENOSYS, 1024)
@@ -322,7 +327,7 @@ func TestUnknownAndRefused(t *testing.T) {
 	if e.p.Unknown()["socket"] != 2 {
 		t.Fatal("Unknown returned its own map")
 	}
-	if e.p.Calls() != 14 {
+	if e.p.Calls() != 15 {
 		t.Fatalf("Calls() = %d", e.p.Calls())
 	}
 }

@@ -97,9 +97,10 @@ type state struct {
 	lastTid     int
 	threadsMade int
 	waitSeq     uint64
-	ioGen       uint64 // bumped when a pipe or eventfd changes (wIO)
-	clean       []span // heap ranges known to be zero (mm.go)
-	lazy        []span // PROT_NONE mappings not cleared yet (mm.go)
+	ioGen       uint64   // bumped when a pipe, eventfd or socket changes (wIO)
+	net         netState // sockets (net.go)
+	clean       []span   // heap ranges known to be zero (mm.go)
+	lazy        []span   // PROT_NONE mappings not cleared yet (mm.go)
 
 	start time.Time
 
@@ -187,7 +188,9 @@ func (p *Process) call(nr uint64, a [6]uint64) Result {
 	if p.st.cur == nil {
 		return stop(errThreadGone)
 	}
-	if p.st.rand != nil {
+	if p.st.rand != nil && p.st.seeded != nil {
+		// A copy resumed from a ready point (Clone makes seeded): the
+		// snapshot's own process never refills anything.
 		p.reseed(p.st.cur)
 	}
 	var r Result
@@ -205,16 +208,28 @@ func (p *Process) call(nr uint64, a [6]uint64) Result {
 		// Another thread may fill or drain it: wait, then try again.
 		r = p.blockIO(nr, noDeadline, 0)
 	}
-	if r.Action == ActionContinue && (r.Ret == errno(unix.ENOSYS) || r.Ret == errno(unix.EPERM)) {
-		// A guest can try every number there is: past maxUnknownNames
-		// distinct names the rest are counted together.
-		name := sysName(nr)
-		if _, seen := p.st.unknown[name]; !seen && len(p.st.unknown) >= maxUnknownNames {
-			name = "others"
+	if r.Action == ActionReady && p.st.rand == nil && p.cfg.GoRuntime {
+		d, err := p.locateGoRand()
+		if err != nil {
+			return stop(err)
 		}
-		p.st.unknown[name]++
+		p.st.rand = d
+	}
+	if r.Action == ActionContinue && (r.Ret == errno(unix.ENOSYS) || r.Ret == errno(unix.EPERM)) {
+		p.countRefused(nr)
 	}
 	return r
+}
+
+// countRefused counts call nr as not served (Unknown). A guest can try
+// every number there is: past maxUnknownNames distinct names the rest are
+// counted together.
+func (p *Process) countRefused(nr uint64) {
+	name := sysName(nr)
+	if _, seen := p.st.unknown[name]; !seen && len(p.st.unknown) >= maxUnknownNames {
+		name = "others"
+	}
+	p.st.unknown[name]++
 }
 
 // maxUnknownNames bounds the distinct names Unknown reports.

@@ -16,12 +16,12 @@ var table = [...]handler{
 	unix.SYS_MUNLOCK:  sysZero,
 
 	// files
-	unix.SYS_READ:       sysRead,
-	unix.SYS_WRITE:      sysWrite,
+	unix.SYS_READ:       sockOr(sysRead, sockRead),
+	unix.SYS_WRITE:      sockOr(sysWrite, sockWrite),
 	unix.SYS_PREAD64:    sysPread,
 	unix.SYS_PWRITE64:   sysPwrite,
-	unix.SYS_READV:      sysReadv,
-	unix.SYS_WRITEV:     sysWritev,
+	unix.SYS_READV:      sockOr(sysReadv, sockReadv),
+	unix.SYS_WRITEV:     sockOr(sysWritev, sockWritev),
 	unix.SYS_PREADV:     sysPreadv,
 	unix.SYS_PWRITEV:    sysPwritev,
 	unix.SYS_OPEN:       sysOpen,
@@ -36,7 +36,7 @@ var table = [...]handler{
 	unix.SYS_LSEEK:      sysLseek,
 	unix.SYS_GETDENTS64: sysGetdents64,
 	unix.SYS_FCNTL:      sysFcntl,
-	unix.SYS_IOCTL:      sysIoctl,
+	unix.SYS_IOCTL:      sockOr(sysIoctl, sockIoctl),
 	unix.SYS_DUP:        sysDup,
 	unix.SYS_DUP2:       sysDup2,
 	unix.SYS_DUP3:       sysDup3,
@@ -71,13 +71,37 @@ var table = [...]handler{
 	unix.SYS_EVENTFD:    sysEventfd,
 	unix.SYS_EVENTFD2:   sysEventfd2,
 
-	// epoll (epoll.go): the Go runtime's timers need its netpoller
+	// epoll (epoll.go): the Go runtime's timers need its netpoller;
+	// poll and select (poll.go)
 	unix.SYS_EPOLL_CREATE:  sysEpollCreate,
 	unix.SYS_EPOLL_CREATE1: sysEpollCreate1,
 	unix.SYS_EPOLL_CTL:     sysEpollCtl,
 	unix.SYS_EPOLL_WAIT:    sysEpollWait,
 	unix.SYS_EPOLL_PWAIT:   sysEpollPwait,
 	unix.SYS_EPOLL_PWAIT2:  sysEpollPwait2,
+	unix.SYS_POLL:          sysPoll,
+	unix.SYS_PPOLL:         sysPpoll,
+	unix.SYS_SELECT:        sysSelect,
+	unix.SYS_PSELECT6:      sysPselect6,
+
+	// sockets (net.go): TCP against the monitor's connections
+	unix.SYS_SOCKET:      sysSocket,
+	unix.SYS_SOCKETPAIR:  sysSocketpair,
+	unix.SYS_BIND:        sysBind,
+	unix.SYS_LISTEN:      sysListen,
+	unix.SYS_ACCEPT:      sysAccept,
+	unix.SYS_ACCEPT4:     sysAccept4,
+	unix.SYS_CONNECT:     sysConnect,
+	unix.SYS_GETSOCKNAME: sysGetsockname,
+	unix.SYS_GETPEERNAME: sysGetpeername,
+	unix.SYS_SHUTDOWN:    sysShutdown,
+	unix.SYS_SETSOCKOPT:  sysSetsockopt,
+	unix.SYS_GETSOCKOPT:  sysGetsockopt,
+	unix.SYS_RECVFROM:    sysRecvfrom,
+	unix.SYS_SENDTO:      sysSendto,
+	unix.SYS_RECVMSG:     sysRecvmsg,
+	unix.SYS_SENDMSG:     sysSendmsg,
+	unix.SYS_SENDFILE:    sysSendfile,
 
 	// time and randomness
 	unix.SYS_CLOCK_GETTIME:   sysClockGettime,
@@ -149,13 +173,6 @@ var table = [...]handler{
 	unix.SYS_RT_SIGSUSPEND:  sysPause,
 
 	// refused
-	unix.SYS_SOCKET:            sysRefused,
-	unix.SYS_SOCKETPAIR:        sysRefused,
-	unix.SYS_CONNECT:           sysRefused,
-	unix.SYS_BIND:              sysRefused,
-	unix.SYS_LISTEN:            sysRefused,
-	unix.SYS_ACCEPT:            sysRefused,
-	unix.SYS_ACCEPT4:           sysRefused,
 	unix.SYS_EXECVE:            sysRefused,
 	unix.SYS_EXECVEAT:          sysRefused,
 	unix.SYS_FORK:              sysRefused,

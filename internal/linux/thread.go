@@ -53,6 +53,8 @@ type thread struct {
 	seq        uint64 // when it started waiting: futex wakes are FIFO
 	ret        uint64 // RAX when it runs next
 	restart    bool
+	retry      bool // for wIO: the deadline re-executes the call too (poll.go)
+	timedOut   bool // ... and this is that re-execution: it must not wait
 
 	sigmask  uint64
 	altstack altstack
@@ -134,6 +136,8 @@ func (p *Process) wakeReady(now int64) {
 		case t.wait == wRun:
 		case t.wait == wIO && t.ioGen != p.st.ioGen:
 			t.wait, t.ret, t.restart = wRun, t.nr, true
+		case t.deadline <= now && t.wait == wIO && t.retry:
+			t.wait, t.ret, t.restart, t.timedOut = wRun, t.nr, true, true
 		case t.deadline <= now:
 			t.wait, t.ret = wRun, t.timeoutRet
 		}
@@ -190,12 +194,21 @@ func (p *Process) yield() Result {
 // re-executes call nr) or until deadline.
 func (p *Process) blockIO(nr uint64, deadline int64, timeoutRet uint64) Result {
 	t := p.cur()
-	t.wait, t.nr, t.ioGen, t.deadline, t.timeoutRet = wIO, nr, p.st.ioGen, deadline, timeoutRet
+	t.wait, t.nr, t.ioGen, t.deadline, t.timeoutRet, t.retry = wIO, nr, p.st.ioGen, deadline, timeoutRet, false
 	return p.block()
 }
 
-// ioChanged records that a pipe or eventfd changed state, so that threads
-// blocked on one retry.
+// blockIORetry is blockIO for a call whose answer at its timeout must be
+// computed by the call itself (poll and select write back what is ready):
+// the deadline re-executes it with timedOut set.
+func (p *Process) blockIORetry(nr uint64, deadline int64) Result {
+	t := p.cur()
+	t.wait, t.nr, t.ioGen, t.deadline, t.retry = wIO, nr, p.st.ioGen, deadline, true
+	return p.block()
+}
+
+// ioChanged records that a pipe, eventfd or socket changed state, so that
+// threads blocked on one retry.
 func (p *Process) ioChanged() { p.st.ioGen++ }
 
 // sleepUntil blocks the caller until the monotonic clock reads deadline.

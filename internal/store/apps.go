@@ -43,6 +43,13 @@ type settingsRecord struct {
 	// omitempty: records written before isolation modes existed lack the
 	// field and decode to "", the default, as they should.
 	Isolation string `json:"isolation,omitempty"`
+	// Records written before fixed args and files existed lack these and
+	// decode to none, WAGI's query args off.
+	Args      []string `json:"args,omitempty"`
+	QueryArgs bool     `json:"query_args,omitempty"`
+	Files     string   `json:"files,omitempty"`
+	// Records written before server apps existed decode to "": CGI.
+	Serve string `json:"serve,omitempty"`
 }
 
 func toVersionRecord(v Version) versionRecord {
@@ -53,7 +60,7 @@ func toVersionRecord(v Version) versionRecord {
 			Route: s.Route, Host: s.Host, Memory: s.Memory, TimeoutNS: int64(s.Timeout),
 			MaxConcurrency: s.MaxConcurrency, QueueLen: s.QueueLen, QueueWaitNS: int64(s.QueueWait),
 			MaxBody: s.MaxBody, PassAuthorization: s.PassAuthorization, Env: s.Env,
-			Isolation: s.Isolation,
+			Isolation: s.Isolation, Args: s.Args, QueryArgs: s.QueryArgs, Files: s.Files, Serve: s.Serve,
 		},
 	}
 }
@@ -66,7 +73,7 @@ func (r versionRecord) version() Version {
 			Route: s.Route, Host: s.Host, Memory: s.Memory, Timeout: time.Duration(s.TimeoutNS),
 			MaxConcurrency: s.MaxConcurrency, QueueLen: s.QueueLen, QueueWait: time.Duration(s.QueueWaitNS),
 			MaxBody: s.MaxBody, PassAuthorization: s.PassAuthorization, Env: append([]string(nil), s.Env...),
-			Isolation: s.Isolation,
+			Isolation: s.Isolation, Args: append([]string(nil), s.Args...), QueryArgs: s.QueryArgs, Files: s.Files, Serve: s.Serve,
 		},
 	}
 }
@@ -210,6 +217,11 @@ func (s *Store) DeployWithSecrets(name, kind, digest string, set Settings, sc Se
 	if err != nil {
 		return App{}, err
 	}
+	if set.Files != "" {
+		if _, err := s.StatImage(set.Files); err != nil {
+			return App{}, fmt.Errorf("files layer: %w", err)
+		}
+	}
 	var app App
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		rec, err := getApp(tx, name)
@@ -283,6 +295,11 @@ func (s *Store) RollbackTo(name string, n int) (App, error) {
 		// switch to a version that cannot start.
 		if _, err := s.StatImage(prev.Digest); err != nil {
 			return err
+		}
+		if f := prev.Settings.Files; f != "" {
+			if _, err := s.StatImage(f); err != nil {
+				return fmt.Errorf("files layer: %w", err)
+			}
 		}
 		rec.Current = prev.Number
 		app = rec.app()

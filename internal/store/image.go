@@ -83,34 +83,45 @@ func (s *Store) PutImage(r io.Reader, max int64) (digest string, size int64, err
 	if n > max {
 		return "", 0, fmt.Errorf("store: %w: more than %d bytes", ErrImageTooLarge, max)
 	}
-	// Images are immutable; a read-only mode makes an accidental write
+	digest, err = s.commit(tmp, h.Sum(nil))
+	if err != nil {
+		return "", 0, err
+	}
+	committed = true
+	return digest, n, nil
+}
+
+// commit makes the fully written temporary file tmp the blob named by its
+// SHA-256 sum, durably, and closes it. The caller removes tmp on failure.
+func (s *Store) commit(tmp *os.File, sum []byte) (string, error) {
+	// Blobs are immutable; a read-only mode makes an accidental write
 	// fail loudly instead of corrupting a digest.
 	if err := tmp.Chmod(0o400); err != nil {
-		return "", 0, fmt.Errorf("store: %w", err)
+		return "", fmt.Errorf("store: %w", err)
 	}
 	if err := tmp.Sync(); err != nil {
-		return "", 0, fmt.Errorf("store: syncing image: %w", err)
+		return "", fmt.Errorf("store: syncing %s: %w", tmp.Name(), err)
 	}
 	if err := tmp.Close(); err != nil {
-		return "", 0, fmt.Errorf("store: %w", err)
+		return "", fmt.Errorf("store: %w", err)
 	}
-	hexSum := hex.EncodeToString(h.Sum(nil))
-	digest = digestPrefix + hexSum
+	hexSum := hex.EncodeToString(sum)
 
 	s.refMu.Lock()
 	defer s.refMu.Unlock()
 	// Renaming over an existing copy is deliberate: the content is the
 	// same by construction, the replacement is atomic, it repairs a copy
 	// damaged on disk, and the fresh mtime restarts the GC grace period
-	// for a deploy that re-uploads an old image.
+	// for a deploy that re-uploads an old blob.
 	if err := os.Rename(tmp.Name(), filepath.Join(s.images, hexSum)); err != nil {
-		return "", 0, fmt.Errorf("store: %w", err)
+		return "", fmt.Errorf("store: %w", err)
 	}
-	committed = true
 	if err := syncDir(s.images); err != nil {
-		return "", 0, fmt.Errorf("store: syncing image directory: %w", err)
+		// The rename happened (the caller's removal of tmp finds
+		// nothing); only its durability is in doubt.
+		return digestPrefix + hexSum, fmt.Errorf("store: syncing image directory: %w", err)
 	}
-	return digest, n, nil
+	return digestPrefix + hexSum, nil
 }
 
 // OpenImage opens a stored image for reading. The caller closes it.
@@ -175,7 +186,7 @@ func (s *Store) ReadImage(digest string, max int64) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// GC removes images that no version of any app references and that are
+// GC removes images and files layers that no version of any app references and that are
 // older than GCGrace, and returns their digests. It is best effort: it
 // removes what it can and reports the rest as an error.
 func (s *Store) GC() ([]string, error) { return s.GCOlderThan(GCGrace) }
@@ -225,7 +236,8 @@ func (s *Store) GCOlderThan(grace time.Duration) ([]string, error) {
 	return removed, nil
 }
 
-// referenced returns the hex digests some version of some app uses. The
+// referenced returns the hex digests some version of some app uses, as
+// its image or its files layer. The
 // caller holds refMu.
 func (s *Store) referenced() (map[string]bool, error) {
 	refs := make(map[string]bool)
@@ -237,6 +249,9 @@ func (s *Store) referenced() (map[string]bool, error) {
 			}
 			for _, v := range rec.History {
 				refs[strings.TrimPrefix(v.Digest, digestPrefix)] = true
+				if f := v.Settings.Files; f != "" {
+					refs[strings.TrimPrefix(f, digestPrefix)] = true
+				}
 			}
 			return nil
 		})

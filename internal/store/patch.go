@@ -24,6 +24,13 @@ type Patch struct {
 	// safe for an app that also has B.
 	SetEnv   []string
 	UnsetEnv []string
+	// Args replaces the fixed arguments whole (a non-nil empty slice
+	// removes them): an argument list is an order, not a set to merge.
+	Args      *[]string
+	QueryArgs *bool
+	// Files is the digest of a stored files layer; "" removes the app's.
+	Files *string
+	Serve *string
 }
 
 // Apply returns base with p applied.
@@ -59,6 +66,20 @@ func (p Patch) Apply(base Settings) (Settings, error) {
 	}
 	if p.Isolation != nil {
 		s.Isolation = *p.Isolation
+	}
+	if p.Args != nil {
+		s.Args = slices.Clone(*p.Args)
+	} else {
+		s.Args = slices.Clone(base.Args)
+	}
+	if p.QueryArgs != nil {
+		s.QueryArgs = *p.QueryArgs
+	}
+	if p.Files != nil {
+		s.Files = *p.Files
+	}
+	if p.Serve != nil {
+		s.Serve = *p.Serve
 	}
 	index := func(key string) int {
 		return slices.IndexFunc(s.Env, func(kv string) bool { k, _, _ := strings.Cut(kv, "="); return k == key })
@@ -105,5 +126,6 @@ func (s Settings) Equal(o Settings) bool {
 	return s.Route == o.Route && s.Host == o.Host && s.Memory == o.Memory && s.Timeout == o.Timeout &&
 		s.MaxConcurrency == o.MaxConcurrency && s.QueueLen == o.QueueLen && s.QueueWait == o.QueueWait &&
 		s.MaxBody == o.MaxBody && s.PassAuthorization == o.PassAuthorization && s.Isolation == o.Isolation &&
-		slices.Equal(s.Env, o.Env)
+		slices.Equal(s.Env, o.Env) && slices.Equal(s.Args, o.Args) && s.QueryArgs == o.QueryArgs && s.Files == o.Files &&
+		s.Serve == o.Serve
 }

@@ -7,7 +7,8 @@
 //
 //	dir/dust.db               bbolt database (mode 0600): apps, version counters,
 //	                          secrets, schema
-//	dir/images/sha256/<hex>   image files, named by the SHA-256 of their bytes
+//	dir/images/sha256/<hex>   images and files layers (PutLayer), named by the
+//	                          SHA-256 of their bytes
 //
 // Durability rests on two rules. Image files only ever appear by rename of a
 // fully written and fsynced temporary file, so a name always means complete
@@ -93,7 +94,26 @@ type Settings struct {
 	// machine.IsolationFresh; "" is the default (restore), kept as ""
 	// so that apps deployed without choosing follow the default.
 	Isolation string
+	// Args are the fixed arguments after argv[0] (the request path) that
+	// every request's program gets, as an interpreter gets its script.
+	Args []string
+	// QueryArgs opts in to WAGI's convention of passing the query's items
+	// as further arguments; off, a URL cannot add options to argv.
+	QueryArgs bool
+	// Files is the digest of the files layer mounted read-only at /app
+	// (see PutLayer); "" is none.
+	Files string
+	// Serve is how the app is spoken to: "" (CGI, the default) or
+	// ServeHTTP, an HTTP server program given one connection per request
+	// (internal/hvt/server.go).
+	Serve string
 }
+
+// Serve modes.
+const (
+	ServeCGI  = "cgi" // normalised to "": the default
+	ServeHTTP = "http"
+)
 
 // Version is one deploy of an app.
 type Version struct {

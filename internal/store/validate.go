@@ -15,6 +15,11 @@ const (
 	maxHostLen  = 253
 	maxEnvCount = 256
 	maxEnvBytes = 64 << 10
+	// MaxArgs and MaxArgBytes bound an app's fixed arguments; every
+	// request's argv holds them, beside the environment, in the guest's
+	// first stack pages.
+	MaxArgs     = 256
+	MaxArgBytes = 32 << 10
 )
 
 func invalid(field, format string, args ...any) error {
@@ -57,10 +62,14 @@ func ValidateKind(kind string) error {
 func (s Settings) Normalize() Settings {
 	s.Host = strings.ToLower(s.Host)
 	s.Isolation = strings.ToLower(strings.TrimSpace(s.Isolation))
+	if s.Serve = strings.ToLower(strings.TrimSpace(s.Serve)); s.Serve == ServeCGI {
+		s.Serve = ""
+	}
 	if len(s.Route) > 1 && strings.HasSuffix(s.Route, "/") && !strings.HasSuffix(s.Route, "//") {
 		s.Route = s.Route[:len(s.Route)-1]
 	}
 	s.Env = append([]string(nil), s.Env...)
+	s.Args = append([]string(nil), s.Args...) // none is nil, however it was said
 	return s
 }
 
@@ -91,10 +100,38 @@ func (s Settings) Validate() error {
 	if s.QueueLen < -1 {
 		return invalid("queue_len", "%d (want >= 0, or -1 for no queue)", s.QueueLen)
 	}
+	if s.Serve != "" && s.Serve != ServeHTTP {
+		return invalid("serve", "%q (want %q or %q)", s.Serve, ServeCGI, ServeHTTP)
+	}
 	if !machine.ValidIsolation(s.Isolation) {
 		return invalid("isolation", "%q (want %q or %q)", s.Isolation, machine.IsolationRestore, machine.IsolationFresh)
 	}
+	if err := validateArgs(s.Args); err != nil {
+		return err
+	}
+	if s.Files != "" {
+		if err := ValidateDigest(s.Files); err != nil {
+			return invalid("files", "%q is not a files layer digest (want sha256:<64 lower-case hex digits>)", s.Files)
+		}
+	}
 	return validateEnv(s.Env)
+}
+
+func validateArgs(args []string) error {
+	if len(args) > MaxArgs {
+		return invalid("args", "%d arguments, at most %d allowed", len(args), MaxArgs)
+	}
+	total := 0
+	for i, a := range args {
+		if total += len(a) + 1; total > MaxArgBytes {
+			return invalid("args", "more than %d bytes in total", MaxArgBytes)
+		}
+		// An argument reaches the guest as a C string.
+		if strings.IndexByte(a, 0) >= 0 {
+			return invalid(fmt.Sprintf("args[%d]", i), "%.40q contains a NUL byte", a)
+		}
+	}
+	return nil
 }
 
 // IsolationMode is the isolation mode s asks for, the default resolved.

@@ -14,7 +14,8 @@
 // a snapshot of the result (see ServeExport and docs/wasm-go.md).
 //
 // Capabilities are deny-by-default: no filesystem unless the image is
-// given read-only directories (Options.Dirs), no sockets, no host
+// given read-only directories (Options.Dirs) or an app's files
+// (Options.Files, at /app), no sockets, no host
 // functions beyond WASI preview 1. Clocks and random numbers are real.
 package wasm
 
@@ -23,6 +24,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path"
 	"strings"
@@ -64,9 +66,12 @@ type Options struct {
 	// NoDiskCache keeps compiled code in memory only (shared by the
 	// images of this process).
 	NoDiskCache bool
-	// Dirs are mounted read-only; without them the guest has no
-	// filesystem at all.
+	// Dirs are mounted read-only; without them (and Files) the guest has
+	// no filesystem at all.
 	Dirs []Mount
+	// Files are the app's read-only files, a preopen at
+	// machine.FilesPath (/app). wazero serves an fs.FS read-only.
+	Files fs.FS
 }
 
 // Kind prepares wasm images; its Options apply to every image.
@@ -87,6 +92,21 @@ func (k Kind) Prune(keep []string) (int64, error) {
 // Prepare implements machine.Kind.
 func (k Kind) Prepare(image []byte, limits machine.Limits) (machine.Image, error) {
 	return Prepare(image, limits, k.Options)
+}
+
+// PrepareApp implements machine.AppKind: files as a read-only preopen.
+// Server apps need the hvt kind: a WASI preview 1 module has no sockets.
+func (k Kind) PrepareApp(image []byte, limits machine.Limits, app machine.App) (machine.Image, error) {
+	if app.Server != nil {
+		return nil, fmt.Errorf("%w: a server app must be a static Linux program for the hvt kind (WASI preview 1 has no sockets)", machine.ErrBadImage)
+	}
+	o := k.Options
+	o.Files = app.Files
+	im, err := Prepare(image, limits, o)
+	if err != nil {
+		return nil, err // not a nil *Image in a non-nil interface
+	}
+	return im, nil
 }
 
 // Image is a compiled module and the wazero runtime its instances live in.
@@ -135,6 +155,9 @@ func Prepare(image []byte, limits machine.Limits, o Options) (*Image, error) {
 	fsc, err := mounts(o.Dirs)
 	if err != nil {
 		return nil, err
+	}
+	if o.Files != nil {
+		fsc = fsc.WithFSMount(o.Files, machine.FilesPath)
 	}
 	cache, err := compilationCache(o, ImageDigest(image))
 	if err != nil {

@@ -226,14 +226,19 @@ int main(void)
 		S(59, MON, MON, MON, 0, 0, 0);
 		S(322, -100, "/app/index.html", av, 0, 0, 0);    /* execveat */
 	} else if (!strncmp(c, "net", 3)) {
-		S(41, 2, 1, 0, 0, 0, 0);                         /* socket: -1 */
-		S(42, 3, buf, 16, 0, 0, 0);                      /* connect */
-		S(53, 1, 1, 0, buf, 0, 0);                       /* socketpair */
-		S(49, 3, buf, 16, 0, 0, 0);                      /* bind */
-		S(50, 3, 1, 0, 0, 0, 0);                         /* listen */
-		S(288, 3, 0, 0, 0, 0, 0);                        /* accept4 */
-		S(44, 3, buf, 1, 0, 0, 0);                       /* sendto: -38 */
-		S(45, 3, buf, 1, 0, 0, 0);                       /* recvfrom: -38 */
+		/* struct sockaddr_in for 127.0.0.1:80 */
+		static const unsigned char sin[16] = {2, 0, 0, 80, 127, 0, 0, 1};
+		long s = sc6(41, 2, 1 | 04000, 0, 0, 0, 0);      /* socket(AF_INET, SOCK_STREAM|SOCK_NONBLOCK) */
+		out(s >= 0 ? 0 : s);
+		S(42, s, sin, 16, 0, 0, 0);                      /* connect: -101, no network */
+		S(53, 1, 1, 0, buf, 0, 0);                       /* socketpair(AF_UNIX): -97 */
+		S(41, 2, 2, 0, 0, 0, 0);                         /* UDP: -94 */
+		S(49, s, sin, 16, 0, 0, 0);                      /* bind: 0 */
+		S(50, s, 1, 0, 0, 0, 0);                         /* listen: 0 */
+		S(288, s, 0, 0, 0, 0, 0);                        /* accept4, nothing pending: -11 */
+		S(44, s, buf, 1, 0x4000, 0, 0);                  /* sendto on a listener, MSG_NOSIGNAL: -32 (EPIPE, as Linux) */
+		S(49, s, FAR, 16, 0, 0, 0);                      /* bind, bad pointer: -14 */
+		S(42, 0, sin, 16, 0, 0, 0);                      /* connect on stdin: -88 */
 	} else if (!strncmp(c, "kill", 4)) {
 		S(62, 1, 9, 0, 0, 0, 0);                         /* init: -1 */
 		S(62, -1, 9, 0, 0, 0, 0);                        /* everyone: -1 */
