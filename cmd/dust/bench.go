@@ -58,13 +58,7 @@ docs/bench, the figures the docs show); --quick writes nothing unless
 		fmt.Fprintf(stderr, "dust bench: --duration %v: want at most 24h\n", dur.v)
 		return exitUsage
 	}
-	outDir := "docs/bench"
-	switch {
-	case out.given:
-		outDir = out.v
-	case *quick:
-		outDir = "" // a quick run's figures are not the ones to keep
-	}
+	outDir := benchOut(*quick, out)
 	base, exDir := "posix-spawn", "examples"
 	if baseline.given {
 		base = baseline.v
@@ -87,4 +81,19 @@ docs/bench, the figures the docs show); --quick writes nothing unless
 		return exitError
 	}
 	return exitOK
+}
+
+// benchOut is where a run writes its charts and report.json: --out if
+// given (even ""), else docs/bench for a full run, whose figures the docs
+// show, and nowhere for --quick, whose figures are not the ones to keep
+// (and which the README suggests to try: it must not rewrite tracked
+// files).
+func benchOut(quick bool, out *strValue) string {
+	switch {
+	case out.given:
+		return out.v
+	case quick:
+		return ""
+	}
+	return "docs/bench"
 }

@@ -10,6 +10,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -17,6 +20,7 @@ import (
 	"time"
 
 	"github.com/dust-run/dust/internal/kvm/kvmtest"
+	"github.com/dust-run/dust/internal/store"
 )
 
 // Issue 13, through the real CLI against a real `dust serve`.
@@ -542,16 +546,480 @@ func TestCLIErrorPaths(t *testing.T) {
 		t.Errorf("the failed commands changed myapp: %+v", a)
 	}
 	// Every subcommand has help with a synopsis, its flags and an example.
-	for _, sub := range []string{"run", "serve", "deploy", "apps", "app", "rollback", "rm", "logs", "secret", "version"} {
+	for _, sub := range []string{"run", "serve", "deploy", "apps", "app", "rollback", "rm", "gc", "logs", "secret", "bench", "new", "dev", "version"} {
 		code, out, errOut := s.dust(sub, "-h")
 		if code != 0 || !strings.Contains(out+errOut, "usage: dust "+sub) {
 			t.Errorf("dust %s -h: exit %d: %s%s", sub, code, out, errOut)
 		}
-		if sub != "run" && sub != "serve" && !strings.Contains(out, "example:") {
+		if !strings.Contains(out+errOut, "example:") {
 			t.Errorf("dust %s -h has no example:\n%s", sub, out)
 		}
 	}
 	if code, out, _ := s.dust("version"); code != 0 || !strings.HasPrefix(out, "dust ") || !strings.Contains(out, "go1.") {
 		t.Errorf("dust version: %d %q", code, out)
+	}
+}
+
+// argvC shows how a libdust program was called.
+const argvC = `#include <stdio.h>
+int main(int argc, char **argv) {
+	printf("Content-Type: text/plain\r\n\r\n");
+	for (int i = 0; i < argc; i++)
+		printf("argv[%d]=%s\n", i, argv[i]);
+	return 0;
+}
+`
+
+// probeGo shows how a wasm program was called and what it sees at /app;
+// MODE makes it end otherwise (for -v's memory on every outcome).
+const probeGo = `package main
+
+import (
+	"fmt"
+	"io/fs"
+	"os"
+)
+
+var keep [][]byte
+
+func main() {
+	switch os.Getenv("MODE") {
+	case "panic":
+		panic("asked to")
+	case "loop":
+		for {
+		}
+	case "grow":
+		for {
+			keep = append(keep, make([]byte, 1<<20))
+		}
+	}
+	fmt.Print("Content-Type: text/plain\r\n\r\n")
+	for i, a := range os.Args {
+		fmt.Printf("argv[%d]=%q\n", i, a)
+	}
+	err := fs.WalkDir(os.DirFS("/app"), ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() {
+			b, err := os.ReadFile("/app/" + p)
+			fmt.Printf("file %s=%q %v\n", p, b, err)
+		}
+		return nil
+	})
+	fmt.Printf("walk: %v\n", err)
+	if err := os.WriteFile("/app/new.txt", []byte("x"), 0o644); err != nil {
+		fmt.Println("write refused")
+	}
+}
+`
+
+// httpResponse splits what `dust run` printed into status and body.
+func httpResponse(t *testing.T, out string) (int, string) {
+	t.Helper()
+	resp, err := http.ReadResponse(bufio.NewReader(strings.NewReader(out)), nil)
+	if err != nil {
+		t.Fatalf("dust run printed no HTTP response: %v\n%q", err, out)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// `dust run` gives a machine the argv and the files a deployed app's
+// machine gets: the same image with the same --arg, --no-args,
+// --query-args and --files answers the same through `dust run` as through
+// `dust deploy` and the gateway, on both kinds, with query items that are
+// options, encoded, empty or a NUL.
+func TestCLIRunAsDeployed(t *testing.T) {
+	s := newCLIServer(t)
+	t.Setenv("DUST_WASM_CACHE", t.TempDir()) // the dust run children's
+	files := t.TempDir()
+	os.MkdirAll(filepath.Join(files, "sub"), 0o755)
+	os.WriteFile(filepath.Join(files, "hello.txt"), []byte("hi from /app\n"), 0o644)
+	os.WriteFile(filepath.Join(files, "sub", "x.txt"), []byte("x"), 0o644)
+	images := map[string]string{"c": guestELF(t, "argv", argvC), "go": goWasmSource(t, "probe", probeGo)}
+	variants := [][]string{
+		nil,
+		{"--no-args"},
+		{"--arg", "-e", "--arg", "two words", "--arg", ""},
+		{"--arg", "/app/script", "--query-args"},
+		{"--query-args=true"},
+	}
+	for kind, img := range images {
+		for i, v := range variants {
+			name := fmt.Sprintf("%s%d", kind, i)
+			flags := slices.Clone(v)
+			if kind == "go" {
+				flags = append(flags, "--files", files)
+			}
+			s.must(append([]string{"deploy", name, img}, flags...)...)
+			for _, rest := range []string{"", "/sub?-e&os.exit(3)&a%20b&&x=%00y"} {
+				path := "/" + name + rest
+				wantCode, want := s.get(path)
+				code, out, errOut := s.dust(append([]string{"run", img, "--path", path}, flags...)...)
+				if code != 0 {
+					t.Fatalf("dust run %s %v: exit %d: %s", path, flags, code, errOut)
+				}
+				gotCode, got := httpResponse(t, out)
+				if gotCode != wantCode || got != want {
+					t.Errorf("%s %v:\ndust run:  %d %q\ndeployed:  %d %q", path, flags, gotCode, got, wantCode, want)
+				}
+			}
+		}
+	}
+	// What the variants showed: the query is argv only when asked.
+	code, out, _ := s.dust("run", images["go"], "--files", files, "--path", "/p?-e&x")
+	if _, body := httpResponse(t, out); code != 0 || !strings.Contains(body, `argv[0]="/p"`+"\n"+`file hello.txt="hi from /app\n" <nil>`) ||
+		strings.Contains(body, "argv[1]") || !strings.Contains(body, `file sub/x.txt="x" <nil>`) || !strings.Contains(body, "write refused") {
+		t.Errorf("dust run with --files and no args: %d %q", code, body)
+	}
+
+	// A Linux program on hvt reads the same /app.
+	t.Run("linux", func(t *testing.T) {
+		form := linuxForm(t)
+		app := t.TempDir()
+		os.WriteFile(filepath.Join(app, "units.txt"), []byte("furlong\t201.168\tfurlongs\n"), 0o644)
+		s.must("deploy", "form", form, "--files", app)
+		path := "/form?unit=furlong&values=1,2&ts=0"
+		wantCode, want := s.get(path)
+		code, out, errOut := s.dust("run", form, "--files", app, "--path", path)
+		if gotCode, got := httpResponse(t, out); code != 0 || gotCode != wantCode || got != want || !strings.Contains(got, "metres=603.504\n") {
+			t.Errorf("dust run: exit %d %s\n%d %q\ndeployed: %d %q", code, errOut, gotCode, got, wantCode, want)
+		}
+	})
+}
+
+// `dust run` refuses a files directory, and fixed arguments, exactly as
+// `dust deploy` does: the same exit code and the same words.
+func TestCLIRunRefusesAsDeploy(t *testing.T) {
+	s := newCLIServer(t)
+	hello := example(t, "hello")
+	linked := t.TempDir()
+	os.WriteFile(filepath.Join(linked, "ok.txt"), []byte("ok"), 0o644)
+	os.Symlink("/etc/passwd", filepath.Join(linked, "passwd"))
+	deep := t.TempDir()
+	p := deep
+	for i := 0; i <= store.MaxLayerDepth; i++ {
+		p = filepath.Join(p, "d")
+	}
+	os.MkdirAll(p, 0o755)
+	for _, flags := range [][]string{
+		{"--files", linked},
+		{"--files", hello},
+		{"--files", filepath.Join(linked, "missing")},
+		{"--files", ""},
+		{"--files", deep},
+		{"--arg", "x", "--no-args"},
+		{"--query-args=maybe"},
+		{"--no-args=perhaps"},
+	} {
+		rc, _, runErr := s.dust(append([]string{"run", hello}, flags...)...)
+		dc, _, deployErr := s.dust(append([]string{"deploy", "refused", hello}, flags...)...)
+		if rc == 0 || rc != dc || strings.ReplaceAll(runErr, "dust run", "dust deploy") != deployErr {
+			t.Errorf("%v:\ndust run:    %d %q\ndust deploy: %d %q", flags, rc, runErr, dc, deployErr)
+		}
+	}
+	if code, _, _ := s.dust("app", "refused"); code != exitNotFound {
+		t.Errorf("a refused deploy made the app (dust app: exit %d)", code)
+	}
+}
+
+// -v says the memory the machine touched for every outcome: a figure on
+// wasm, which measures it, and that it is not measured on hvt.
+func TestCLIRunVerboseMemory(t *testing.T) {
+	kvmtest.Require(t)
+	_, bin := buildDust(t)
+	t.Setenv("DUST_WASM_CACHE", t.TempDir())
+	probe := goWasmSource(t, "probe", probeGo)
+	figure := regexp.MustCompile(`, memory \d+(\.\d)?(B|KiB|MiB|GiB), `)
+	for _, c := range []struct {
+		args    []string
+		code    int
+		outcome string
+		memory  *regexp.Regexp
+	}{
+		{[]string{probe}, exitOK, "served, exit status 0", figure},
+		{[]string{probe, "-e", "MODE=panic"}, exitBadOutput, "served, exit status 2", figure},
+		{[]string{probe, "-e", "MODE=loop", "--timeout", "300ms"}, exitDeadline, "deadline exceeded", figure},
+		{[]string{probe, "-e", "MODE=grow", "--memory", "48MiB"}, exitFault, "memory limit", regexp.MustCompile(`, memory (4[0-8](\.\d)?MiB), `)},
+		{[]string{example(t, "hello")}, exitOK, "served, exit status 0", regexp.MustCompile(`, memory not measured \(hvt\), `)},
+		{[]string{example(t, "crash")}, exitFault, "fault", regexp.MustCompile(`, memory not measured \(hvt\), `)},
+	} {
+		cmd := exec.Command(bin, append([]string{"run", "-v"}, c.args...)...)
+		var errOut bytes.Buffer
+		cmd.Stderr = &errOut
+		err := cmd.Run()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		}
+		// The guest's own stderr (a panic, the runtime's last words)
+		// comes first.
+		var line string
+		for _, l := range strings.Split(errOut.String(), "\n") {
+			if strings.HasPrefix(l, "dust run: ") {
+				line = l
+				break
+			}
+		}
+		if code != c.code || !strings.HasPrefix(line, "dust run: "+c.outcome+", ") || !c.memory.MatchString(line) {
+			t.Errorf("dust run -v %v: exit %d, want %d; -v line %q, want %q and %v", c.args[1:], code, c.code, line, c.outcome, c.memory)
+		}
+	}
+}
+
+type failuresJSON struct {
+	RecentFailures []struct {
+		Time      time.Time
+		RequestID string `json:"request_id"`
+		Status    int
+		Outcome   string
+		Detail    string
+	} `json:"recent_failures"`
+}
+
+// `dust app NAME` lists the app's own last 10 failed requests, 4xx ones
+// too, newest first, from its log on disk: after a restart they are still
+// there. Sizes read as sizes, an empty env as none.
+func TestCLIRecentFailures(t *testing.T) {
+	s := newCLIServer(t)
+	s.must("deploy", "crash", example(t, "crash"), "--max-body", "1KiB")
+	s.must("deploy", "hello", example(t, "hello"))
+	for i := 0; i < 12; i++ {
+		if code, _ := s.get("/crash", "X-Request-Id", fmt.Sprintf("crash-%02d", i)); code != 502 {
+			t.Fatalf("crash answered %d", code)
+		}
+	}
+	if code, _ := s.get("/hello"); code != 200 {
+		t.Fatalf("hello answered %d", code)
+	}
+	req, _ := http.NewRequest("POST", "http://"+s.app+"/crash", strings.NewReader(strings.Repeat("x", 2048)))
+	req.Header.Set("X-Request-Id", "too-big")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 413 {
+		t.Fatalf("a body over max-body: %v %v", resp, err)
+	}
+	resp.Body.Close()
+
+	check := func(when string) {
+		t.Helper()
+		var a failuresJSON
+		if err := json.Unmarshal([]byte(s.must("app", "crash", "--json")), &a); err != nil {
+			t.Fatal(err)
+		}
+		f := a.RecentFailures
+		if len(f) != 10 {
+			t.Fatalf("%s: %d recent failures, want 10: %+v", when, len(f), f)
+		}
+		if f[0].RequestID != "too-big" || f[0].Status != 413 || f[0].Outcome != "body too large" || f[0].Detail != "Content-Length 2048, max_body is 1KiB" {
+			t.Errorf("%s: newest failure %+v", when, f[0])
+		}
+		for i, e := range f[1:] {
+			if id := fmt.Sprintf("crash-%02d", 11-i); e.RequestID != id || e.Status != 502 || e.Outcome != "fault" || !strings.Contains(e.Detail, "(rip=0x") {
+				t.Errorf("%s: failure %d: %+v, want %s", when, i+1, e, id)
+			}
+		}
+		text := s.must("app", "crash")
+		_, list, ok := strings.Cut(text, "\nrecent failures")
+		lines := strings.Split(strings.TrimSpace(list), "\n")
+		if !ok || len(lines) != 11 || !regexp.MustCompile(`^  \S+ \S+  413  too-big +body too large: Content-Length 2048, max_body is 1KiB$`).MatchString(lines[1]) ||
+			!regexp.MustCompile(`^  \S+ \S+  502  crash-11 +fault: .*\(rip=0x[0-9a-f]+\)$`).MatchString(lines[2]) {
+			t.Errorf("%s: dust app crash:\n%s", when, text)
+		}
+		for _, want := range []string{`\n  env +none\n`, `\n  \* +v1 .* hvt +\d+(\.\d)?KiB +[0-9a-f]{12} +/crash\n`} {
+			if !regexp.MustCompile(want).MatchString(text) {
+				t.Errorf("%s: dust app crash lacks %s:\n%s", when, want, text)
+			}
+		}
+		if text := s.must("app", "hello"); strings.Contains(text, "recent failures") {
+			t.Errorf("%s: another app's failures shown for hello:\n%s", when, text)
+		}
+	}
+	check("live")
+	s.restart()
+	check("after a restart")
+}
+
+// runBin runs the built binary with no server.
+func runBin(t *testing.T, bin string, args ...string) (int, string, string) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode(), out.String(), errOut.String()
+	} else if err != nil {
+		t.Fatalf("dust %v: %v", args, err)
+	}
+	return 0, out.String(), errOut.String()
+}
+
+// Every `dust run` error path docs/cli.md lists, through the built binary:
+// the exit code, the message, and that the message is listed.
+func TestCLIRunErrorPaths(t *testing.T) {
+	kvmtest.Require(t)
+	_, bin := buildDust(t)
+	t.Setenv("DUST_WASM_CACHE", t.TempDir())
+	doc, err := os.ReadFile("../../docs/cli.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hello, wasm := example(t, "hello"), goWasmSource(t, "probe", probeGo)
+	dir := t.TempDir()
+	empty, text := filepath.Join(dir, "empty.elf"), filepath.Join(dir, "notes.txt")
+	os.WriteFile(empty, nil, 0o644)
+	os.WriteFile(text, []byte("just some text\n"), 0o644)
+	linked := t.TempDir()
+	os.Symlink("/etc/passwd", filepath.Join(linked, "passwd"))
+	var big []string
+	for i := 0; i < 10; i++ {
+		big = append(big, "-H", fmt.Sprintf("X-Big-%d: %s", i, strings.Repeat("a", 100_000)))
+	}
+	cases := []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"run"}, exitUsage, "want IMAGE, got 0 argument(s)"},
+		{[]string{"run", hello, "--bogus"}, exitUsage, "unknown flag -bogus"},
+		{[]string{"run", hello, "--memory", "lots"}, exitUsage, `--memory "lots": want a size such as 16MiB, 512KiB or 1GiB`},
+		{[]string{"run", hello, "--memory", "3MiB"}, exitUsage, "--memory 3MiB: want a multiple of 2MiB from 2MiB to 4096MiB for an hvt image"},
+		{[]string{"run", hello, "--memory", "8GiB"}, exitUsage, "want a multiple of 2MiB from 2MiB to 4096MiB for an hvt image"},
+		{[]string{"run", wasm, "--memory", "1KiB"}, exitUsage, "--memory 1KiB: memory limit 1024 is below one wasm page (64 KiB)"},
+		{[]string{"run", hello, "--timeout", "soon"}, exitUsage, `--timeout "soon": want a duration such as 2s or 500ms`},
+		{[]string{"run", hello, "--path", "p"}, exitUsage, `--path "p": want a path starting with /`},
+		{[]string{"run", hello, "-H", "nocolon"}, exitUsage, `--header "nocolon": want "Name: value"`},
+		{[]string{"run", hello, "--env", "NOEQUALS"}, exitUsage, `--env "NOEQUALS": want KEY=VALUE`},
+		{[]string{"run", hello, "--requests", "0"}, exitUsage, "--requests 0: want at least 1"},
+		{[]string{"run", hello, "--isolation", "sometimes"}, exitUsage, `--isolation "sometimes": want restore or fresh`},
+		{[]string{"run", hello, "--arg", "x", "--no-args"}, exitUsage, "--arg and --no-args"},
+		{[]string{"run", hello, "--query-args=maybe"}, exitUsage, `--query-args "maybe": want true or false`},
+		{[]string{"run", hello, "--files", linked}, exitUsage, "is a symbolic link"},
+		{[]string{"run", hello, "--files", hello}, exitUsage, "is not a directory"},
+		{[]string{"run", hello, "--files", filepath.Join(dir, "missing")}, exitError, "no such file or directory"},
+		{[]string{"run", filepath.Join(dir, "missing.elf")}, exitError, "no such file or directory"},
+		{[]string{"run", hello, "--data", "@" + filepath.Join(dir, "missing")}, exitError, "no such file or directory"},
+		{[]string{"run", empty}, exitBadImage, "is empty (0 bytes)"},
+		{[]string{"run", text}, exitBadImage, "neither an ELF (hvt) nor a WebAssembly image"},
+		{[]string{"run", example(t, "loop"), "--timeout", "100ms"}, exitDeadline, "deadline exceeded"},
+		{[]string{"run", example(t, "crash")}, exitFault, "fault: triple fault"},
+		{[]string{"run", example(t, "flood"), "--max-output", "64KiB"}, exitFault, "output limit"},
+		{[]string{"run", guestELF(t, "nohdr", "#include <stdio.h>\nint main(void){puts(\"just text\");return 0;}\n")}, exitBadOutput, "malformed header"},
+		{append([]string{"run", hello}, big...), exitTooLarge, "request does not fit the machine's request area"},
+	}
+	for _, c := range cases {
+		code, _, errOut := runBin(t, bin, c.args...)
+		shown := strings.Join(c.args, " ")[:min(120, len(strings.Join(c.args, " ")))]
+		if code != c.code || !strings.Contains(errOut, c.msg) {
+			t.Errorf("dust %s: exit %d, want %d; stderr %q, want %q in it", shown, code, c.code, errOut, c.msg)
+		}
+		// One line; a wrong count of arguments adds the synopsis.
+		if lines := strings.Split(strings.TrimSpace(errOut), "\n"); len(lines) > 2 || len(lines) == 2 && !strings.HasPrefix(lines[1], "usage: dust run ") {
+			t.Errorf("dust %s: more than one line on stderr: %q", shown, errOut)
+		}
+		if !bytes.Contains(doc, []byte(c.msg)) {
+			t.Errorf("docs/cli.md does not list %q (dust %s)", c.msg, shown)
+		}
+	}
+	// The help the docs promise: a synopsis, flags, an example.
+	for _, sub := range []string{"run", "bench"} {
+		code, out, _ := runBin(t, bin, sub, "-h")
+		if code != 0 || !strings.HasPrefix(out, "usage: dust "+sub+" ") || !strings.Contains(out, "\nflags:\n") || !strings.Contains(out, "\nexample:\n  dust "+sub+" ") {
+			t.Errorf("dust %s -h: exit %d:\n%s", sub, code, out)
+		}
+	}
+	if _, out, _ := runBin(t, bin, "bench", "-h"); !strings.Contains(out, "--quick writes nothing unless\n--out is given") {
+		t.Errorf("dust bench -h does not say where --quick writes:\n%s", out)
+	}
+	// A size's default is said once.
+	if _, out, errOut := runBin(t, bin, "serve", "-h"); strings.Count(out+errOut, "4MiB") != 1 || strings.Contains(out+errOut, "4194304") {
+		t.Errorf("dust serve -h, --log-max-size:\n%s%s", out, errOut)
+	}
+}
+
+// --out: docs/bench for a full run, none for --quick, unless given.
+func TestBenchOut(t *testing.T) {
+	for _, c := range []struct {
+		quick bool
+		out   *strValue
+		want  string
+	}{
+		{false, &strValue{}, "docs/bench"},
+		{true, &strValue{}, ""},
+		{true, &strValue{v: "/tmp/b", given: true}, "/tmp/b"},
+		{false, &strValue{v: "", given: true}, ""},
+	} {
+		if got := benchOut(c.quick, c.out); got != c.want {
+			t.Errorf("quick %v, --out %+v: %q, want %q", c.quick, *c.out, got, c.want)
+		}
+	}
+}
+
+// Every exit code and every error message docs/cli.md documents is one a
+// test checks: each code is one of cmd/dust/exitcodes.go's, and each
+// message in an error table appears in a test of this package, where it
+// is run and matched (this file, files_test.go, dev_test.go...).
+func TestCLIDocumentedErrorsTested(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/cli.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	codes := map[string]bool{}
+	for _, c := range []int{exitOK, exitError, exitUsage, exitBadImage, exitDeadline, exitFault, exitBadOutput, exitUnavailable, exitTooLarge, exitNotFound} {
+		codes[fmt.Sprint(c)] = true
+	}
+	tests, _ := filepath.Glob("*_test.go")
+	var src []byte
+	for _, f := range tests {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		src = append(src, b...)
+	}
+	row := regexp.MustCompile("^\\| (.+) \\| (\\d+) \\| (.+) \\|$")
+	var section string
+	tableCodes, messages := map[string]bool{}, 0
+	for _, line := range strings.Split(string(doc), "\n") {
+		if strings.HasPrefix(line, "## ") {
+			section = line
+		}
+		if section == "## Exit codes" {
+			if m := regexp.MustCompile(`^\| (\d+) \|`).FindStringSubmatch(line); m != nil {
+				if !codes[m[1]] {
+					t.Errorf("docs/cli.md documents exit code %s, which exitcodes.go does not have", m[1])
+				}
+				tableCodes[m[1]] = true
+			}
+		}
+		m := row.FindStringSubmatch(line)
+		if section != "## Error messages" || m == nil {
+			continue
+		}
+		if !codes[m[2]] {
+			t.Errorf("docs/cli.md: %q exits %s, not a documented code", m[1], m[2])
+		}
+		msg := strings.TrimSpace(m[3])
+		if strings.HasPrefix(msg, "``") {
+			msg = strings.TrimSpace(strings.Trim(msg, "`"))
+		} else {
+			msg = strings.Trim(msg, "`")
+		}
+		messages++
+		// A manifest's line number is the example's; tests compute theirs.
+		msg = regexp.MustCompile(`^dust\.toml:\d+: `).ReplaceAllString(msg, "")
+		quoted := strconv.Quote(msg)
+		if !bytes.Contains(src, []byte(msg)) && !bytes.Contains(src, []byte(quoted[1:len(quoted)-1])) {
+			t.Errorf("docs/cli.md lists %q (%s, exit %s), which no test of cmd/dust checks", msg, m[1], m[2])
+		}
+	}
+	if len(tableCodes) != len(codes) {
+		t.Errorf("the exit code table lists %d codes, exitcodes.go has %d", len(tableCodes), len(codes))
+	}
+	if messages < 50 {
+		t.Errorf("found only %d documented messages: has the table's form changed?", messages)
 	}
 }

@@ -256,7 +256,7 @@ app or refuses a deploy.`,
 					stdout.Write(raw)
 					return err
 				}
-				fmt.Fprintf(stdout, "images and files layers removed: %d (%s); compiled code pruned: %s\n", res.ImagesRemoved, res.ImageBytes, res.CompiledBytes)
+				fmt.Fprintf(stdout, "images and files layers removed: %d (%s); compiled code pruned: %s\n", res.ImagesRemoved, humanSize(res.ImageBytes), humanSize(res.CompiledBytes))
 				return nil
 			}
 		},

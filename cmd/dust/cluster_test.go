@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dust-run/dust/internal/cluster"
 	"github.com/dust-run/dust/internal/kvm/kvmtest"
 )
 
@@ -148,6 +149,68 @@ func waitServes(t *testing.T, within time.Duration, want string, nodes ...*clust
 		}
 	}
 	return time.Since(start)
+}
+
+// appView is the part of GET /v1/apps/app that says what a node's view
+// holds: the current version and every kept one with its digest.
+func appView(n *clusterNode) (string, error) {
+	code, body := n.adminDo("GET", "/v1/apps/app", nil)
+	if code != 200 {
+		return "", fmt.Errorf("GET /v1/apps/app on %s: %d %s", n.name, code, body)
+	}
+	var v struct {
+		Version  int
+		Versions []struct {
+			Version int
+			Digest  string
+		}
+	}
+	if err := json.Unmarshal([]byte(body), &v); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("%+v", v), nil
+}
+
+// waitConverged polls until every node's view of the app is the first's.
+func waitConverged(t *testing.T, within time.Duration, nodes ...*clusterNode) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		want, err := appView(nodes[0])
+		same := err == nil
+		var got string
+		for _, n := range nodes[1:] {
+			if got, err = appView(n); err != nil || got != want {
+				same = false
+				break
+			}
+		}
+		if same {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the nodes' views did not converge within %v: %s has %s, another %s (%v)", within, nodes[0].name, want, got, err)
+		}
+		time.Sleep(50 * time.Millisecond) // polling interval
+	}
+}
+
+// stallLines are the log lines in which a node says what it waited for:
+// the shared state's retries, leader elections, watch restarts.
+func stallLines(n *clusterNode) []string {
+	var out []string
+	for _, l := range strings.Split(n.stderrText(), "\n") {
+		for _, k := range []string{"shared state", "leader", "watch", "retrying", "slowly", "not installed"} {
+			if strings.Contains(l, k) && !strings.Contains(l, "msg=request ") {
+				out = append(out, "    "+l)
+				break
+			}
+		}
+	}
+	if len(out) > 40 {
+		out = append(out[:40], fmt.Sprintf("    ... and %d more", len(out)-40))
+	}
+	return out
 }
 
 func metric(t *testing.T, n *clusterNode, name, label string) float64 {
@@ -312,12 +375,24 @@ func TestCluster(t *testing.T) {
 		syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
 		c.cmd.Wait()
 		// A deploy while C is dead: two of three is a quorum.
+		// The survivors serve it once the streams whose leader was on c
+		// have elected another (4 to 9 s in nats-server's raft) and their
+		// fetches and watches have been retried.
+		t0 := time.Now()
 		a.deploy(t, imgs["v3"], "")
-		waitServes(t, 5*time.Second, "v3\n", a, b)
-		if code, body := a.adminDo("POST", "/v1/apps/app/rollback?to=1", nil); code != 200 {
-			t.Errorf("rollback on a with c dead: %d %s", code, body)
+		acked := time.Now()
+		t.Logf("deploy on a with c dead acknowledged after %v", acked.Sub(t0).Round(time.Millisecond))
+		waitServes(t, 15*time.Second, "v3\n", a, b)
+		// Through b may mean forwarded to a: b's own view must have it.
+		waitConverged(t, 15*time.Second, a, b)
+		t.Logf("… served on a and b, and in both views, %v later", time.Since(acked).Round(time.Millisecond))
+		t0 = time.Now()
+		if code, body := b.adminDo("POST", "/v1/apps/app/rollback?to=1", nil); code != 200 {
+			t.Errorf("rollback on b with c dead: %d %s", code, body)
 		}
-		waitServes(t, 5*time.Second, "v1\n", a, b)
+		waitServes(t, 15*time.Second, "v1\n", a, b)
+		waitConverged(t, 15*time.Second, a, b)
+		t.Logf("rollback on b with c dead served on a and b after %v", time.Since(t0).Round(time.Millisecond))
 		// The load goes on until the window past the 5 s recovery bound
 		// holds enough requests to tell a recovery from a lucky few.
 		for deadline := time.Now().Add(30 * time.Second); ; {
@@ -374,18 +449,18 @@ func TestCluster(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond) // polling interval
 	}
+	// The survivors agree with each other, and the restarted C catches
+	// up with them and serves.
+	waitConverged(t, 10*time.Second, a, b)
+	restarted := time.Now()
 	c.start()
-	waitServes(t, 30*time.Second, "v1\n", c)
-	_, cview := c.adminDo("GET", "/v1/apps/app", nil)
-	_, bview := b.adminDo("GET", "/v1/apps/app", nil)
-	var cv, bv struct {
-		Version  int
-		Versions []struct{ Version int }
-	}
-	json.Unmarshal([]byte(cview), &cv)
-	json.Unmarshal([]byte(bview), &bv)
-	if cv.Version != bv.Version || len(cv.Versions) != len(bv.Versions) || len(cv.Versions) != 3 {
-		t.Errorf("restarted c has v%d of %d versions, b v%d of %d (want the same 3)", cv.Version, len(cv.Versions), bv.Version, len(bv.Versions))
+	waitConverged(t, 30*time.Second, b, c)
+	t.Logf("restarted c caught up %v after its start", time.Since(restarted).Round(time.Millisecond))
+	waitServes(t, 5*time.Second, "v1\n", c)
+	for _, n := range []*clusterNode{a, b, c} {
+		if lines := stallLines(n); len(lines) > 0 {
+			t.Logf("what %s waited for:\n%s", n.name, strings.Join(lines, "\n"))
+		}
 	}
 
 	// A minority (C alone, A and B stopped) refuses deploys and rejoins.
@@ -403,15 +478,18 @@ func TestCluster(t *testing.T) {
 			}
 		}
 		defer resume()
+		t0 := time.Now()
 		code, body := c.adminDo("PUT", "/v1/apps/app", imgs["v4"])
 		if code != http.StatusServiceUnavailable || !strings.Contains(body, "quorum") {
 			t.Errorf("deploy on a minority: %d %s (want 503 naming the missing quorum)", code, body)
 		}
+		t.Logf("the minority refused a deploy after %v: %s", time.Since(t0).Round(time.Millisecond), strings.TrimSpace(body))
 		// It still serves what it has.
 		if code, body, _, err := c.get("/app"); code != 200 || body != "v1\n" {
 			t.Errorf("minority c serving: %d %q %v", code, body, err)
 		}
 		resume()
+		healed := time.Now()
 		deadline := time.Now().Add(45 * time.Second)
 		for {
 			code, body := c.adminDo("PUT", "/v1/apps/app", imgs["v4"])
@@ -423,6 +501,49 @@ func TestCluster(t *testing.T) {
 			}
 			time.Sleep(250 * time.Millisecond) // polling interval
 		}
+		t.Logf("a deploy on c went through %v after the partition healed", time.Since(healed).Round(time.Millisecond))
 		waitServes(t, 5*time.Second, "v4\n", a, b, c)
+		waitConverged(t, 10*time.Second, a, b, c)
 	})
+}
+
+// TestStatusView: `dust status` says where each app is ready, which node
+// has another version, and shows a single node as a cluster of one.
+func TestStatusView(t *testing.T) {
+	now := time.Now()
+	ans := statusAnswer{Cluster: &cluster.Status{Node: "a", Mode: "embedded", Replicas: 3, Synced: true, Connected: true,
+		Apps: map[string]int{"web": 3, "api": 1},
+		Nodes: []cluster.NodeStatus{
+			{Name: "a", Self: true, Live: 2, MaxLive: 256, Ready: map[string]int{"web": 3, "api": 1}},
+			{Name: "b", Live: 0, MaxLive: 256, Ready: map[string]int{"web": 2}, SeenAt: now.Add(-time.Second)},
+			{Name: "c", Live: 1, MaxLive: 256, Ready: map[string]int{"web": 3, "api": 1, "old": 4}, SeenAt: now},
+		}}}
+	v := viewOf(ans)
+	got := map[string]appPlacement{}
+	for _, p := range v.Apps {
+		got[p.Name] = p
+	}
+	if p := got["web"]; strings.Join(p.ReadyOn, ",") != "a,c" || p.Other["b"] != 2 || len(p.Missing) != 0 {
+		t.Errorf("web: %+v", p)
+	}
+	if p := got["api"]; strings.Join(p.ReadyOn, ",") != "a,c" || strings.Join(p.Missing, ",") != "b" {
+		t.Errorf("api: %+v", p)
+	}
+	if p := got["old"]; p.Version != 4 || strings.Join(p.ReadyOn, ",") != "c" {
+		t.Errorf("an app only a node still serves: %+v", p)
+	}
+	var out bytes.Buffer
+	printStatus(&out, v, now)
+	for _, want := range []string{"cluster of 3 node(s), seen from a", "a *", "2/256", "b (has v2)", "1s ago"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("status text lacks %q:\n%s", want, out.String())
+		}
+	}
+	single := viewOf(statusAnswer{Live: 1, Apps: []struct {
+		Name    string `json:"name"`
+		Version int    `json:"version"`
+	}{{"web", 5}}})
+	if single.Mode != "single" || len(single.Nodes) != 1 || len(single.Apps) != 1 || single.Apps[0].ReadyOn[0] != "(this node)" {
+		t.Errorf("single node: %+v", single)
+	}
 }

@@ -66,7 +66,7 @@ func TestManifestTranslation(t *testing.T) {
 	got := translated(t, m)
 	want := []string{"--route=/shop", "--host=shop.example", "--memory=32MiB", "--timeout=2s",
 		"--max-concurrency=8", "--queue-len=-1", "--queue-wait=500ms", "--max-body=1MiB",
-		"--pass-authorization=true", "--isolation=fresh", "--env=B=", "--env=GREETING=howdy",
+		"--pass-authorization=true", "--isolation=fresh", "--serve=cgi", "--env=B=", "--env=GREETING=howdy",
 		"--arg=-q", "--arg=main.lua", "--files=static", "--query-args=true"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("translation\n got %q\nwant %q", got, want)
@@ -83,7 +83,7 @@ func TestManifestTranslation(t *testing.T) {
 	}
 	got = translated(t, m)
 	want = []string{"--route=", "--host=", "--memory=0", "--timeout=0", "--max-concurrency=0", "--queue-len=0",
-		"--queue-wait=0", "--max-body=0", "--pass-authorization=false", "--isolation=", "--no-args=true", "--no-files=true", "--query-args=false"}
+		"--queue-wait=0", "--max-body=0", "--pass-authorization=false", "--isolation=", "--serve=cgi", "--no-args=true", "--no-files=true", "--query-args=false"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("defaults\n got %q\nwant %q", got, want)
 	}
@@ -110,7 +110,7 @@ func TestManifestErrors(t *testing.T) {
 		{base + "route = \"/a b\"\n", `dust.toml:3: route "/a b": "/a b": character ' ' at offset 2 not allowed`},
 		{base + "host = \"a b\"\n", `dust.toml:3: host "a b"`},
 		{base + "kind = \"linux\"\n", `dust.toml:3: kind "linux": want "hvt" or "wasm"`},
-		{base + "serve = \"http\"\n", `dust.toml:3: serve "http": want "cgi" (the only serve mode so far`},
+		{base + "serve = \"tcp\"\n", `dust.toml:3: serve "tcp": want "cgi" or "http"`},
 		{base + "pass_authorization = \"yes\"\n", `dust.toml:3: pass_authorization: want true or false`},
 		{base + "query_args = 1\n", `dust.toml:3: query_args: want true or false`},
 		{base + "secrets = [\"db-pass\"]\n", `dust.toml:3: secrets[0] "db-pass": want a name such as DB_PASS`},

@@ -145,3 +145,20 @@ func TestIsLoopback(t *testing.T) {
 		}
 	}
 }
+
+// goWasmSource builds one Go source file for WASI preview 1, as a module
+// of its own in a temporary directory.
+func goWasmSource(t *testing.T, name, src string) string {
+	t.Helper()
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module "+name+"\n\ngo 1.24\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "main.go"), []byte(src), 0o644)
+	out := filepath.Join(dir, name+".wasm")
+	cmd := exec.Command("go", "build", "-o", out, ".")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm", "GOTOOLCHAIN=local")
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", name, err, msg)
+	}
+	return out
+}

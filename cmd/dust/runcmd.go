@@ -88,7 +88,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	files := f.str("files", "DIR", "pack DIR as the app's read-only files and mount them at /app, as dust deploy --files does")
 	verbose := f.Bool("v", false, "print each request's outcome, VM exits, memory and timings to stderr (and a summary with --requests)")
 	isolation := f.str("isolation", "MODE", "between --requests: restore (reset one machine) or fresh (a new machine each) (default restore)")
-	requests := f.integer("requests", 1, "want a whole number, at least 1", "serve the same request N times; the last response is printed (default 1)")
+	requests := f.Int("requests", 1, "serve the same request `N` times; the last response is printed (default 1)")
 
 	pos, code, ok := f.parse(args, stdout, stderr)
 	if !ok {
@@ -101,16 +101,17 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "dust run: %v\n", err)
 		return exitCode(err)
 	}
-	mode := machine.IsolationRestore
-	if isolation.given {
-		mode = strings.ToLower(isolation.v)
-		if mode == "" || !machine.ValidIsolation(mode) {
-			return fail(badUsage("--isolation %q: want %s or %s", isolation.v, machine.IsolationRestore, machine.IsolationFresh))
-		}
+	// "" is the default, as for dust deploy --isolation.
+	mode := strings.ToLower(isolation.v)
+	if !machine.ValidIsolation(mode) {
+		return fail(badUsage("--isolation %q: want %s or %s", isolation.v, machine.IsolationRestore, machine.IsolationFresh))
 	}
-	n := 1
-	if requests.given {
-		n = requests.v
+	if mode == "" {
+		mode = machine.IsolationRestore
+	}
+	n := *requests
+	if n < 1 {
+		return fail(badUsage("--requests %d: want at least 1", n))
 	}
 	if fixed.given && noArgs.given && noArgs.v {
 		return fail(badUsage("--arg and --no-args: give the arguments or remove them, not both"))
@@ -353,6 +354,9 @@ func (r *runner) serve(ctx context.Context, i int, m machine.Machine, reused boo
 		}
 		fmt.Fprintf(r.stderr, "dust run: %s%s, exit status %d, %d VM exits, memory %s, %d bytes out, %d bytes log, run %v, total %v\n",
 			which, res.Outcome, res.ExitStatus, res.Exits, memoryText(r.img.Kind(), res.MemoryBytes), res.StdoutBytes, res.StderrBytes, res.RunTime, time.Since(start))
+	}
+	if res.Cause != nil && res.Detail == res.Cause.Error() {
+		res.Detail = "" // said once, by the cause
 	}
 	if err := res.Err(); err != nil {
 		// A CGI parse error surfaces as BadOutput with the parser's error as

@@ -124,6 +124,11 @@ flags:
 		fmt.Fprintf(stderr, "dust serve: %v\n", err)
 		return exitError
 	}
+	// Before anything can be served: a SIGTERM that arrives once a client
+	// could have been answered must shut down gracefully, not kill.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sig)
 	lp, err := net.Listen("tcp", *listen)
 	if err != nil {
 		fmt.Fprintf(stderr, "dust serve: %v\n", err)
@@ -195,8 +200,6 @@ flags:
 	errc := make(chan error, 2)
 	go func() { errc <- pub.Serve(gateway.Listener(lp)) }()
 	go func() { errc <- adm.Serve(la) }()
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 	select {
 	case s := <-sig:
 		log.Info("shutting down", "signal", s.String())

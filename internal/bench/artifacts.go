@@ -26,11 +26,11 @@ type artifacts struct {
 	// Go for Linux (built here): the dustgo hello (its path, to spawn,
 	// and bytes) and the unmodified net/http/cgi example; and the dustgo
 	// hello as a wasm reactor.
-	goDustgo              string
-	goDustgoELF, goCGIELF []byte
-	goFastWasm            []byte
-	qemuGuest             string // PVH ELF for QEMU microvm
-	missing               map[string]string
+	goDustgo, goCGI, goServer          string
+	goDustgoELF, goCGIELF, goServerELF []byte
+	goFastWasm                         []byte
+	qemuGuest                          string // PVH ELF for QEMU microvm
+	missing                            map[string]string
 }
 
 func (a *artifacts) close() { os.RemoveAll(a.dir) }
@@ -126,7 +126,9 @@ func (a *artifacts) buildGoLinux(examples string) {
 		key, pkg string
 		bytes    *[]byte
 		path     *string
-	}{{"go-fast-hello-linux", "./examples/go-fast-hello", &a.goDustgoELF, &a.goDustgo}, {"gocgi-go", "./examples/linux/gocgi", &a.goCGIELF, nil}} {
+	}{{"go-fast-hello-linux", "./examples/go-fast-hello", &a.goDustgoELF, &a.goDustgo},
+		{"gocgi-go", "./examples/linux/gocgi", &a.goCGIELF, &a.goCGI},
+		{"goserver-go", "./examples/linux/goserver", &a.goServerELF, &a.goServer}} {
 		if err != nil {
 			a.missing[p.key] = fmt.Sprintf("no go command to build %s: %v", p.pkg, err)
 			continue

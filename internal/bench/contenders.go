@@ -147,6 +147,7 @@ func machineContenders(a *artifacts, log func(string, ...any)) (cs []*contender,
 	}
 	cs = append(cs, linuxContenders(a, linuxSkip)...)
 	cs = append(cs, goLinuxContenders(a, linuxSkip)...)
+	cs = append(cs, serverContenders(a, linuxSkip)...)
 	cs = append(cs, containerContenders(a)...)
 
 	cgiC := &contender{Name: "http-cgi", Isolation: "process", Note: "Go net/http/cgi starting static C hello, loopback HTTP"}

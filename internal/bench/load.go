@@ -33,16 +33,19 @@ type target struct {
 
 // gw is an in-process gateway plus the HTTP baselines, all on loopback.
 type gw struct {
-	srv    *gateway.Server
-	pub    *http.Server
-	base   string
-	dir    string
-	stops  []func()
-	hvtErr string
-	apps   map[string]string // deployed app -> why not, "" when deployed
-	plain  string
-	cgi    string
-	big    struct{ plain, cgi string }
+	srv   *gateway.Server
+	pub   *http.Server
+	base  string
+	dir   string
+	stops []func()
+	// The Go server example: its CGI twin as a process per request, and
+	// itself as a long-lived process (issue 12's baselines).
+	goCGI, goServerURL, goServerErr string
+	hvtErr                          string
+	apps                            map[string]string // deployed app -> why not, "" when deployed
+	plain                           string
+	cgi                             string
+	big                             struct{ plain, cgi string }
 }
 
 func startGateway(a *artifacts, log func(string, ...any)) (*gw, error) {
@@ -123,10 +126,31 @@ func startGateway(a *artifacts, log func(string, ...any)) (*gw, error) {
 		}
 		*s.dst, g.stops = url, append(g.stops, stop)
 	}
+	if why := a.why("goserver-go"); why != "" {
+		g.apps["goserver"] = why
+	} else if g.hvtErr != "" {
+		g.apps["goserver"] = g.hvtErr
+	} else {
+		gs := set("/goserver", "")
+		gs.Serve, gs.Memory = store.ServeHTTP, goLinuxMemory
+		if _, err := srv.Deploy("goserver", bytes.NewReader(a.goServerELF), gs); err != nil {
+			g.apps["goserver"] = "deploy: " + err.Error()
+		}
+	}
+	if a.goServer != "" {
+		// The same server program as a long-lived process: the ceiling,
+		// no isolation between requests.
+		url, stop, err := startServerProcess(a.goServer)
+		if err != nil {
+			g.goServerErr = err.Error()
+		} else {
+			g.goServerURL, g.stops = url, append(g.stops, stop)
+		}
+	}
 	for _, s := range []struct {
 		dst *string
 		bin string
-	}{{&g.cgi, a.staticHello}, {&g.big.cgi, a.staticBig}} {
+	}{{&g.cgi, a.staticHello}, {&g.big.cgi, a.staticBig}, {&g.goCGI, a.goCGI}} {
 		if s.bin == "" {
 			continue
 		}
@@ -195,9 +219,18 @@ func (g *gw) helloTargets() []target {
 		{name: "gateway wasm hello", isolation: "software sandbox (wasm)", url: g.base + "/wasm/hello", skip: g.apps["hello-wasm"], app: "hello-wasm"},
 		{name: "net/http/cgi process", isolation: "process", url: g.cgi},
 		{name: "plain net/http", isolation: "none", url: g.plain},
+		{name: "gateway hvt Go server app", isolation: "hardware VM (KVM)", url: g.base + "/goserver/", skip: g.apps["goserver"], app: "goserver"},
+		{name: "net/http/cgi Go process", isolation: "process", url: g.goCGI},
+		{name: "Go server process", isolation: "none", url: g.goServerURL, skip: g.goServerErr},
 	}
 	if g.cgi == "" {
 		t[3].skip = "static hello not built"
+	}
+	if g.goCGI == "" {
+		t[6].skip = "examples/linux/gocgi not built"
+	}
+	if g.goServerURL == "" && t[7].skip == "" {
+		t[7].skip = "examples/linux/goserver not built"
 	}
 	return t
 }

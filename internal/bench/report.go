@@ -16,15 +16,16 @@ import (
 
 // Report is everything one run measured.
 type Report struct {
-	Started  time.Time     `json:"started"`
-	Elapsed  time.Duration `json:"elapsed_ns"`
-	Host     HostInfo      `json:"host"`
-	Quick    bool          `json:"quick"`
-	Baseline string        `json:"baseline"`
-	Machine  []Row         `json:"machine"`
-	Gateway  []LoadRow     `json:"gateway,omitempty"`
-	TTFB     []TTFBRow     `json:"ttfb,omitempty"`
-	Memory   *MemoryResult `json:"memory,omitempty"`
+	Started  time.Time      `json:"started"`
+	Elapsed  time.Duration  `json:"elapsed_ns"`
+	Host     HostInfo       `json:"host"`
+	Quick    bool           `json:"quick"`
+	Baseline string         `json:"baseline"`
+	Machine  []Row          `json:"machine"`
+	Gateway  []LoadRow      `json:"gateway,omitempty"`
+	TTFB     []TTFBRow      `json:"ttfb,omitempty"`
+	Memory   *MemoryResult  `json:"memory,omitempty"`
+	Cluster  *ClusterResult `json:"cluster,omitempty"`
 	// Scaling sections.
 	Concurrency []LoadRow    `json:"concurrency,omitempty"`
 	GuestMemory []ScalePoint `json:"guest_memory,omitempty"`
@@ -259,6 +260,9 @@ func (r *Report) WriteText(w io.Writer) {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.Name, fmtDur(t.First.P50), fmtDur(t.First.P99), fmtDur(t.Last.P50), fmtDur(t.Last.P99))
 		}
 		tw.Flush()
+	}
+	if r.Cluster != nil {
+		writeCluster(w, r.Cluster)
 	}
 	if m := r.Memory; m != nil {
 		fmt.Fprintf(w, "\nHost memory per live hvt hello machine (%d live, %d MiB guests, fresh process): %.0f KiB (MemAvailable drop), %.0f KiB private to the process; %d machines per GiB; %d threads while live\n",

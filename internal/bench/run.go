@@ -132,6 +132,18 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}
 		g.close()
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	// The cluster section: fewer samples in a quick run, as the others.
+	forward, deploys := 1000, 10
+	if o.Quick {
+		forward, deploys = 100, 3
+	}
+	rep.Cluster = runCluster(ctx, a, forward, max(b.loadSlice, 500*time.Millisecond), deploys, log)
+	if rep.Cluster.Skip != "" {
+		rep.Skipped = append(rep.Skipped, "cluster: "+rep.Cluster.Skip)
+	}
 	if b.memory && o.Self != "" {
 		rep.Memory, err = memoryInChild(ctx, o.Self, o.Examples, log)
 		if err != nil {

@@ -92,7 +92,52 @@ func targets(r *Report) []Target {
 	}
 	ts = append(ts, mem, cnt)
 	ts = append(ts, restoreTargets(row, load)...)
-	return append(ts, linuxTargets(row)...)
+	ts = append(ts, linuxTargets(row)...)
+	return append(ts, serverTargets(row, load)...)
+}
+
+// serverTargets are issue 12's, for the unmodified Go server example.
+func serverTargets(row func(string) *Row, load func(string) *LoadRow) []Target {
+	var ts []Target
+	missing := func(what, want, reason string) {
+		ts = append(ts, Target{Issue: "12", What: what, Want: want, Value: jsonFloat(math.NaN()), Got: "not measured", Reason: reason})
+	}
+	const p50What = "hvt Go net/http server app, restored machine, p50"
+	const p50Max = 500 * time.Microsecond
+	if s := row("hvt-server-go"); s != nil {
+		t := Target{Issue: "12", What: p50What, Want: "<= 500 µs", Value: jsonFloat(float64(s.P50) / 1e3), Met: s.P50 <= p50Max, Measured: true}
+		t.Got = fmt.Sprintf("%s, %.1f exits/req, CPU/req %s", fmtDur(s.P50), s.Exits, fmtDur(s.CPUPerReq))
+		if !t.Met {
+			t.Reason = fmt.Sprintf("over by %s: %.0f exits per request, one per system call (accept4, the socket options net/http sets on every connection, epoll, read, write, close), each a KVM_RUN round trip of at least %s here", fmtDur(s.P50-p50Max), s.Exits, fmtDur(floorOf(row)))
+		}
+		ts = append(ts, t)
+	} else {
+		missing(p50What, "<= 500 µs", "hvt-server-go did not run")
+	}
+	const rpsWhat = "gateway Go server app req/s vs the same handler as a net/http/cgi process per request"
+	if s, c := load("gateway hvt Go server app"), load("net/http/cgi Go process"); s != nil && c != nil {
+		x := s.RPS / c.RPS
+		t := Target{Issue: "12", What: rpsWhat, Want: ">= 2x", Value: jsonFloat(x), Met: x >= 2, Measured: true}
+		t.Got = fmt.Sprintf("%.2fx (%.0f vs %.0f req/s, %d clients; CPU/req %s vs %s)", x, s.RPS, c.RPS, s.Concurrency, fmtDur(s.CPUPerReq), fmtDur(c.CPUPerReq))
+		if p := load("Go server process"); p != nil {
+			t.Got += fmt.Sprintf("; the server as a long-lived process %.0f req/s", p.RPS)
+		}
+		if !t.Met {
+			t.Reason = fmt.Sprintf("short by %.0f %%: CPU per request %s against %s", (1-x/2)*100, fmtDur(s.CPUPerReq), fmtDur(c.CPUPerReq))
+		}
+		ts = append(ts, t)
+	} else {
+		missing(rpsWhat, ">= 2x", "the gateway load section did not run both rows")
+	}
+	return ts
+}
+
+// floorOf is the KVM_RUN round trip without the thread hand-over.
+func floorOf(row func(string) *Row) time.Duration {
+	if r := row("hvt-floor-direct"); r != nil {
+		return r.P50
+	}
+	return 0
 }
 
 // linuxTargets are issue 11's, for the static C hello as a Linux program

@@ -21,10 +21,10 @@ import (
 
 const (
 	// watchCheckEvery is how often the watch is compared with the bucket.
-	watchCheckEvery = time.Second
+	watchCheckEvery = 500 * time.Millisecond
 	// watchLagMax is how long the bucket may be ahead of the watch before
 	// the watch counts as stalled and is made again.
-	watchLagMax = 2 * time.Second
+	watchLagMax = time.Second
 	// followPauseMax caps the pause between a follower's attempts.
 	followPauseMax = 5 * time.Second
 )
@@ -63,7 +63,9 @@ func (n *Node) follow() {
 		}
 		pause = retryPause
 		why := n.watch(w)
-		w.Stop()
+		// Stopping deletes the watch's consumer, which waits (5 s) for an
+		// answer from a server that may be the dead one: not in the way.
+		go w.Stop()
 		if why == "" {
 			return
 		}

@@ -23,7 +23,7 @@ const (
 	fetchTimeout = 2 * time.Minute
 	// objectStep is an object attempt's fixed part; objectRate the
 	// slowest transfer rate an attempt is allowed.
-	objectStep = 5 * time.Second
+	objectStep = 2 * time.Second
 	objectRate = 8 << 20 // bytes per second
 )
 

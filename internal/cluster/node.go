@@ -347,25 +347,29 @@ func (n *Node) connect() error {
 
 // openBuckets creates or binds the shared buckets, retrying until the
 // JetStream cluster has a leader or JoinTimeout passes.
+//
+// The three are opened at once: in a cluster that is forming, a new
+// stream's raft group can take seconds to elect its first leader, and a
+// request to a stream without one is not answered at all, so an attempt
+// is short and the buckets do not wait on each other.
 func (n *Node) openBuckets() error {
 	js, err := jetstream.New(n.nc)
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
 	n.js = js
-	deadline := time.Now().Add(n.cfg.JoinTimeout)
+	t0 := time.Now()
+	deadline := t0.Add(n.cfg.JoinTimeout)
 	var last error
 	for attempt := 0; time.Now().Before(deadline); attempt++ {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), min(5*time.Second, time.Until(deadline)))
 		last = n.tryBuckets(ctx)
 		cancel()
 		if last == nil {
-			n.log.Info("cluster joined", "replicas", n.replicas)
+			n.log.Info("cluster joined", "replicas", n.replicas, "took", time.Since(t0).Round(time.Millisecond))
 			return nil
 		}
-		if attempt%10 == 0 {
-			n.log.Info("waiting for the cluster's shared state", "err", last)
-		}
+		n.log.Info("waiting for the cluster's shared state", "err", last)
 		select {
 		case <-time.After(250 * time.Millisecond):
 		case <-n.stop:
@@ -375,29 +379,56 @@ func (n *Node) openBuckets() error {
 	return fmt.Errorf("%w: the shared buckets could not be opened within %v (are the peers up?): %v", ErrUnavailable, n.cfg.JoinTimeout, last)
 }
 
+// tryBuckets opens the buckets not open yet, all at once.
 func (n *Node) tryBuckets(ctx context.Context) error {
-	var err error
-	n.apps, err = n.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket: appsBucket, Description: "Dust apps: versions, settings, secrets",
-		History: 1, Replicas: n.replicas, MaxValueSize: maxRecord,
-	})
-	if err != nil {
-		return fmt.Errorf("bucket %s: %w", appsBucket, err)
+	var wg sync.WaitGroup
+	errs := make([]error, 3)
+	if n.apps == nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			kv, err := n.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+				Bucket: appsBucket, Description: "Dust apps: versions, settings, secrets",
+				History: 1, Replicas: n.replicas, MaxValueSize: maxRecord,
+			})
+			if err != nil {
+				errs[0] = fmt.Errorf("bucket %s: %w", appsBucket, err)
+				return
+			}
+			n.apps = kv
+		}()
 	}
-	n.nodes, err = n.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket: nodesBucket, Description: "Dust nodes: heartbeats", History: 1,
-		TTL: nodeTTL, Replicas: n.replicas, Storage: jetstream.MemoryStorage, MaxValueSize: 1 << 20,
-	})
-	if err != nil {
-		return fmt.Errorf("bucket %s: %w", nodesBucket, err)
+	if n.nodes == nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			kv, err := n.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+				Bucket: nodesBucket, Description: "Dust nodes: heartbeats", History: 1,
+				TTL: nodeTTL, Replicas: n.replicas, Storage: jetstream.MemoryStorage, MaxValueSize: 1 << 20,
+			})
+			if err != nil {
+				errs[1] = fmt.Errorf("bucket %s: %w", nodesBucket, err)
+				return
+			}
+			n.nodes = kv
+		}()
 	}
-	n.images, err = n.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
-		Bucket: imagesBucket, Description: "Dust images by SHA-256", Replicas: n.replicas,
-	})
-	if err != nil {
-		return fmt.Errorf("object store %s: %w", imagesBucket, err)
+	if n.images == nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			obs, err := n.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+				Bucket: imagesBucket, Description: "Dust images by SHA-256", Replicas: n.replicas,
+			})
+			if err != nil {
+				errs[2] = fmt.Errorf("object store %s: %w", imagesBucket, err)
+				return
+			}
+			n.images = obs
+		}()
 	}
-	return nil
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // Name is this node's name.

@@ -182,6 +182,20 @@ func (n *Node) change(ctx context.Context, op, name string, expect int, f func(*
 	defer cancel()
 	key := keyFor(name)
 	var maybe [][]byte // what attempts that got no answer wrote
+	// A read may be answered by a replica a moment behind its leader
+	// (KV reads are direct gets, which followers serve): a conflict is
+	// read again a few times before it is believed.
+	conflicts := 0
+	stale := func() bool {
+		if conflicts++; conflicts > staleReads {
+			return false
+		}
+		select {
+		case <-time.After(retryPause):
+		case <-ctx.Done():
+		}
+		return ctx.Err() == nil
+	}
 	for {
 		var rec appRecord
 		var rev uint64
@@ -212,6 +226,9 @@ func (n *Node) change(ctx context.Context, op, name string, expect int, f func(*
 			cur = rec.Current
 		}
 		if cur != expect {
+			if stale() {
+				continue
+			}
 			return Update{}, fmt.Errorf("%s %s: %w: the app changed on another node meanwhile (now v%d, this node saw v%d); try again",
 				op, name, store.ErrConflict, cur, expect)
 		}
@@ -242,6 +259,9 @@ func (n *Node) change(ctx context.Context, op, name string, expect int, f func(*
 		case err == nil:
 			return rec.update(rev)
 		case (errors.Is(err, jetstream.ErrKeyExists) || isWrongSequence(err)) && len(maybe) == 0:
+			if stale() {
+				continue
+			}
 			return Update{}, fmt.Errorf("%s %s: %w: the app changed on another node meanwhile; try again", op, name, store.ErrConflict)
 		case errors.Is(err, jetstream.ErrKeyExists) || isWrongSequence(err):
 			// Perhaps an earlier attempt's write: the read tells.
@@ -254,6 +274,9 @@ func (n *Node) change(ctx context.Context, op, name string, expect int, f func(*
 		}
 	}
 }
+
+// staleReads is how many times a conflict is read again.
+const staleReads = 3
 
 // updateFrom is the Update a stored record describes.
 func (n *Node) updateFrom(key string, b []byte, rev uint64) (Update, error) {

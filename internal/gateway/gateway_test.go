@@ -560,7 +560,7 @@ func TestUnsupportedSyscallsCounted(t *testing.T) {
 	os.WriteFile(src, []byte(`#include <stdio.h>
 #include <unistd.h>
 #include <sys/syscall.h>
-int main(void){ syscall(999); syscall(SYS_socket, 2, 1, 0); printf("Content-Type: text/plain\r\n\r\nok\n"); return 0; }`), 0o644)
+int main(void){ syscall(999); syscall(SYS_execve, "/app/x", 0, 0); printf("Content-Type: text/plain\r\n\r\nok\n"); return 0; }`), 0o644)
 	bin := filepath.Join(dir, "odd")
 	if out, err := exec.Command("gcc", "-static", "-O2", "-o", bin, src).CombinedOutput(); err != nil {
 		t.Skipf("no static glibc toolchain: %v\n%s", err, out)
@@ -574,13 +574,13 @@ int main(void){ syscall(999); syscall(SYS_socket, 2, 1, 0); printf("Content-Type
 		t.Fatalf("odd: %d %q", resp.StatusCode, body)
 	}
 	_, metrics := get(t, "GET", ts.admin+"/metrics", nil, "Authorization", "Bearer "+ts.Token())
-	for _, want := range []string{`dust_syscalls_unsupported_total{app="odd",call="unknown"} 1`, `dust_syscalls_unsupported_total{app="odd",call="socket"} 1`} {
+	for _, want := range []string{`dust_syscalls_unsupported_total{app="odd",call="unknown"} 1`, `dust_syscalls_unsupported_total{app="odd",call="execve"} 1`} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %s", want)
 		}
 	}
 	_, logs := get(t, "GET", ts.admin+"/v1/apps/odd/logs", nil, "Authorization", "Bearer "+ts.Token())
-	if !strings.Contains(logs, "odd-1") || !strings.Contains(logs, "socket×1") || !strings.Contains(logs, "syscall_999×1") {
+	if !strings.Contains(logs, "odd-1") || !strings.Contains(logs, "execve×1") || !strings.Contains(logs, "syscall_999×1") {
 		t.Errorf("app log lacks the refused calls: %q", logs)
 	}
 }

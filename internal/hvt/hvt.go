@@ -100,7 +100,10 @@ type Image struct {
 	// files are a Linux program's /app (Options.Files).
 	files fs.FS
 	// server: a server app's start-up (Options.Server), nil for CGI.
-	server *ServerOptions
+	// serverLate: its snapshot is at the first read of an accepted
+	// connection, which each request's copy is given (server.go).
+	server     *ServerOptions
+	serverLate bool
 	// vdsoMult is the vDSO's TSC multiplier (vdso.go); 0: no vDSO.
 	// tscModel is how this host's guests read the TSC at CPL3, learnt
 	// from the image's first machine.

@@ -129,7 +129,7 @@ func (s *session) placeSnapshot(req *machine.Request) error {
 	*m.run.DirtyRegs() |= kvm.KVM_SYNC_X86_REGS
 	p := m.im.proc.Clone(cfg)
 	if m.im.server != nil {
-		if err := s.connect(p, req); err != nil {
+		if err := s.connect(p, req, m.im.serverLate); err != nil {
 			p.Close()
 			return err
 		}
@@ -349,6 +349,15 @@ func (s *session) linuxIO() bool {
 		if !m.stopAtReady {
 			s.end(machine.InternalError, "the program reached a ready point outside the snapshot run")
 			return false
+		}
+		if m.lateServer && !m.templateGiven {
+			// A server's first accept: give it the template connection
+			// and let it go on to its first read of it (server.go).
+			if err := s.giveTemplate(); err != nil {
+				s.end(machine.InternalError, err.Error())
+				return false
+			}
+			return s.linuxReturn(r, regs)
 		}
 		// The ready point: the call returns as any other (so the state
 		// captured is the thread resuming after it), and the run ends.

@@ -168,7 +168,7 @@ func FuzzLinuxImage(f *testing.F) {
 			if p&pteRW != 0 && p&pteNX == 0 {
 				t.Fatalf("%#x writable and executable", a)
 			}
-			if a < imageBase && a != linuxStubAddr && a != linuxPhdrAddr && a != warmAddr && p&pteUS != 0 {
+			if a < imageBase && a != linuxStubAddr && a != linuxPhdrAddr && a != warmAddr && a != vdsoAddr && a != vdsoDataAddr && p&pteUS != 0 {
 				t.Fatalf("monitor page %#x user-accessible (%#x)", a, p)
 			}
 		}

@@ -59,6 +59,10 @@ type Machine struct {
 	// stopAtReady makes the READY hypercall end the run (the snapshot
 	// run, snapshot.go); readyHit says it did.
 	stopAtReady, readyHit bool
+	// lateServer: in a server's snapshot run, deliver the template
+	// connection at the first accept and stop at its first read instead
+	// (server.go); templateGiven says it was delivered.
+	lateServer, templateGiven bool
 	// A Linux program's state at its ready point, kept from the snapshot
 	// run (the registers of the threads not running, by tid).
 	readyProc    syscaller

@@ -58,16 +58,42 @@ func (o *ServerOptions) serverStart() machine.Request {
 	return machine.Request{Args: o.Args, Env: env}
 }
 
-// connect hands a request's process its one connection.
-func (s *session) connect(p *linux.Process, req *machine.Request) error {
-	err := p.Connect(linux.Conn{
+// connect hands a request's process its one connection: a new one to
+// accept, or, in a copy snapshotted at its first read of the template
+// connection, that connection's client.
+func (s *session) connect(p *linux.Process, req *machine.Request, late bool) error {
+	c := linux.Conn{
 		Request:  linuxBody{s},
 		Response: serverResponse{s},
 		Peer:     peerOf(req.Env),
-	})
+	}
+	var err error
+	if late {
+		err = p.Attach(c)
+	} else {
+		err = p.Connect(c)
+	}
 	if err != nil {
 		return fmt.Errorf("%w: delivering the connection: %w", errServer, err)
 	}
+	return nil
+}
+
+// The template connection's client as the program sees it (accept,
+// getpeername): the gateway's side, as behind any reverse proxy. The
+// request's client is in X-Forwarded-For.
+var templatePeer = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 40000)
+
+// giveTemplate delivers the snapshot run's placeholder connection.
+func (s *session) giveTemplate() error {
+	p, ok := s.proc.(interface{ Connect(linux.Conn) error })
+	if !ok {
+		return fmt.Errorf("%w: the process (%T) cannot take a connection", errServer, s.proc)
+	}
+	if err := p.Connect(linux.Conn{Template: true, Peer: templatePeer}); err != nil {
+		return fmt.Errorf("%w: delivering the template connection: %w", errServer, err)
+	}
+	s.m.templateGiven = true
 	return nil
 }
 

@@ -36,12 +36,34 @@ func (im *Image) snapshot() (bool, error) {
 	if !im.elf.ready && im.server == nil {
 		return false, nil
 	}
+	if im.server == nil {
+		return im.snapshotAt(false)
+	}
+	// A server is snapshotted after it accepted a placeholder connection
+	// and first reads it (server.go), or, for a program that writes to a
+	// connection before reading it, at its first accept.
+	ok, err := im.snapshotAt(true)
+	if err == nil {
+		im.serverLate = true
+		return ok, nil
+	}
+	if !errors.Is(err, errLate) {
+		return false, err
+	}
+	return im.snapshotAt(false)
+}
+
+// errLate: the server did not reach its first read of the template
+// connection in the way a post-accept snapshot needs.
+var errLate = errors.New("hvt: no post-accept ready point")
+
+func (im *Image) snapshotAt(late bool) (bool, error) {
 	m, err := im.newMachine()
 	if err != nil {
 		return false, err
 	}
 	defer m.Close()
-	m.stopAtReady = true
+	m.stopAtReady, m.lateServer = true, late
 	ctx, cancel := context.WithTimeout(context.Background(), im.limits.Timeout)
 	defer cancel()
 	req := snapshotRequest
@@ -52,6 +74,11 @@ func (im *Image) snapshot() (bool, error) {
 	// not get there: its last bytes go into the error.
 	log := &tailBuffer{max: 2 << 10}
 	res := m.Run(ctx, &req, log, log)
+	if !m.readyHit && m.templateGiven {
+		// It accepted, then did not read as expected: take the snapshot at
+		// the accept instead (the whole start-up again).
+		return false, fmt.Errorf("%w: %v", errLate, res.Err())
+	}
 	if !m.readyHit {
 		if im.server != nil {
 			return false, fmt.Errorf("%w: the server did not wait for a connection within its %v timeout (it must listen on $PORT and accept): %v (outcome %v, exit status %d)%s",

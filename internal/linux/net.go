@@ -92,6 +92,14 @@ type Conn struct {
 	// lowest descriptor that takes the peer's family does. IPv4 addresses
 	// reach an IPv6 listener as IPv4-mapped addresses, as on Linux.
 	Peer, Local netip.AddrPort
+	// Template makes this the snapshot run's placeholder connection (see
+	// Attach): the program may accept it and set it up, and the first
+	// time it needs the client's bytes the call returns ActionReady
+	// (Restart): the post-accept snapshot point. A write to it before
+	// that ends the run with ErrTemplateWritten: such a program speaks
+	// first, and its snapshot must be taken at the accept instead.
+	// Request and Response are not used.
+	Template bool
 }
 
 // Errors of Process.Connect.
@@ -100,6 +108,12 @@ var (
 	ErrNoListener     = errors.New("no listening socket takes the connection")
 	ErrBacklogFull    = errors.New("the listening socket's backlog is full")
 	ErrTooManySockets = errors.New("the process holds as many sockets as it may")
+	// ErrTemplateWritten: the program wrote to the template connection
+	// before reading from it.
+	ErrTemplateWritten = errors.New("the program wrote to its connection before reading the request")
+	// ErrNoTemplate: Attach found no template connection waiting for its
+	// client (or more than one).
+	ErrNoTemplate = errors.New("the process has no template connection waiting for a client")
 )
 
 // Connect hands the program one connection from a client: it is queued on
@@ -109,6 +123,9 @@ var (
 // calls Connect between system calls, never during one; a thread blocked
 // in accept, poll or epoll_wait retries when it next runs.
 func (p *Process) Connect(c Conn) error {
+	if c.Template {
+		c.Request, c.Response = eofReader{}, io.Discard
+	}
 	if c.Request == nil || c.Response == nil {
 		return ErrBadConn
 	}
@@ -130,8 +147,8 @@ func (p *Process) Connect(c Conn) error {
 	case l != nil && len(l.queue) >= l.backlog:
 		return fmt.Errorf("%w (%d connections)", ErrBacklogFull, l.backlog)
 	}
-	s := &socket{state: sConn, cpeer: peer, clocal: local}
-	s.conn = n.addHost(hostConn{r: c.Request, w: c.Response, halfClose: c.HalfClose})
+	s := &socket{state: sConn, cpeer: peer, clocal: local, template: c.Template}
+	s.conn = n.addHost(hostConn{r: c.Request, w: c.Response, halfClose: c.HalfClose, template: c.Template})
 	n.sockets++
 	n.delivered++
 	n.active++
@@ -198,6 +215,7 @@ type socket struct {
 	rdShut        bool           // shutdown(SHUT_RD)
 	wrShut        bool           // shutdown(SHUT_WR)
 	done          bool           // the write side ended: counted out of netState.active
+	template      bool           // the snapshot run's placeholder (Conn.Template)
 }
 
 // netState is the process's socket bookkeeping.
@@ -217,6 +235,7 @@ type hostConn struct {
 	r         io.Reader
 	w         io.Writer
 	halfClose bool
+	template  bool // the snapshot run's placeholder (Conn.Template)
 }
 
 func (n *netState) addHost(h hostConn) int {
@@ -1195,6 +1214,11 @@ func (p *Process) recv(nr uint64, f *ofile, bufs [][]byte, flags uint64) Result 
 	if want == 0 {
 		return ok(0)
 	}
+	if s.template && len(s.rx) == 0 {
+		if r, ok := p.templateWait(nr, s); ok {
+			return r
+		}
+	}
 	w := iovWriter{bufs: bufs}
 	more := func() bool { return !s.ended && !s.rdShut }
 	if flags&msgPeek != 0 {
@@ -1293,6 +1317,9 @@ func (p *Process) send(f *ofile, bufs [][]byte, flags uint64) Result {
 		return fail(e)
 	}
 	h := p.st.net.host(s)
+	if h != nil && h.template {
+		return stop(ErrTemplateWritten)
+	}
 	if s.wrShut || s.gone || h == nil {
 		return p.epipe(nosig)
 	}
@@ -1747,4 +1774,50 @@ func sysSendfile(p *Process, a [6]uint64) Result {
 		in.off = off
 	}
 	return ok(total)
+}
+
+// templateWait is the answer of a read that needs the template
+// connection's first bytes: in the snapshot run (the template still has
+// its placeholder host side) the ready point, to be re-executed in every
+// copy once Attach has given it its client. ok is false in a copy, where
+// the connection is an ordinary one.
+func (p *Process) templateWait(nr uint64, s *socket) (Result, bool) {
+	if h := p.st.net.host(s); h == nil || !h.template {
+		return Result{}, false
+	}
+	p.st.readied = true
+	p.st.readyAt = p.cfg.Monotonic()
+	return Result{Action: ActionReady, Ret: nr, Restart: true}, true
+}
+
+// Attach gives a copy of a process snapshotted at its template
+// connection's first read (Conn.Template) the request's client: the
+// connection the program accepted at deploy now reads c.Request and
+// writes c.Response (c.Peer and c.Local are the template's: the program
+// took them at accept). The monitor calls it before resuming the copy,
+// whose read is re-executed.
+func (p *Process) Attach(c Conn) error {
+	if c.Request == nil || c.Response == nil {
+		return ErrBadConn
+	}
+	var found *socket
+	for _, d := range p.st.fds {
+		if d == nil || d.f.sock == nil {
+			continue
+		}
+		if s := d.f.sock; s.template && s.state == sConn && s.conn == 0 && !s.done {
+			if found != nil && found != s {
+				return fmt.Errorf("%w: two of them", ErrNoTemplate)
+			}
+			found = s
+		}
+	}
+	if found == nil {
+		return ErrNoTemplate
+	}
+	n := &p.st.net
+	found.conn = n.addHost(hostConn{r: c.Request, w: c.Response, halfClose: c.HalfClose})
+	found.ended, found.fin, found.gone = false, false, false
+	p.ioChanged()
+	return nil
 }
