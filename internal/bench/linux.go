@@ -57,12 +57,21 @@ func linuxContenders(a *artifacts, hvtSkip func() string) []*contender {
 // call the program makes is one exit to the monitor, so the row counts
 // both.
 func linuxSeqContender(name, what string, elf []byte, limits machine.Limits, env []string, skip func() string) *contender {
+	return seqContender(name, what, func() (*hvt.Image, error) { return hvt.Prepare(elf, limits) },
+		func() *machine.Request { return &machine.Request{Env: env} }, checkHello, skip)
+}
+
+// seqContender is one machine of an hvt image, run and restored inline
+// for every request: the rows of Linux programs and server apps, which
+// also count the exits and system calls of each request. req makes a
+// request; check judges what the machine wrote to stdout.
+func seqContender(name, what string, prepare func() (*hvt.Image, error), req func() *machine.Request, check func([]byte) error, skip func() string) *contender {
 	c := &contender{Name: name, Isolation: "hardware VM (KVM)",
 		Note: what + ", one VM, run then Reset inline; latency is the run, req/s and CPU/req include the restore"}
 	if c.skip = skip(); c.skip != "" {
 		return c
 	}
-	im, err := hvt.Prepare(elf, limits)
+	im, err := prepare()
 	if err != nil {
 		c.skip = fmt.Sprintf("preparing %s: %v", name, err)
 		return c
@@ -86,7 +95,7 @@ func linuxSeqContender(name, what string, elf []byte, limits machine.Limits, env
 	c.timed = func(ctx context.Context) (time.Duration, error) {
 		out.Reset()
 		t0 := time.Now()
-		res := m.Run(ctx, &machine.Request{Env: env}, &out, io.Discard)
+		res := m.Run(ctx, req(), &out, io.Discard)
 		d := time.Since(t0)
 		if err := res.Err(); err != nil {
 			return d, err
@@ -96,7 +105,7 @@ func linuxSeqContender(name, what string, elf []byte, limits machine.Limits, env
 		if err := r.Reset(); err != nil {
 			return d, err
 		}
-		return d, checkHello(out.Bytes())
+		return d, check(out.Bytes())
 	}
 	c.counts = func() (float64, float64) {
 		if n == 0 {

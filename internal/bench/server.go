@@ -3,7 +3,6 @@ package bench
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -28,71 +27,30 @@ import (
 
 // serverContenders are the machine-layer rows.
 func serverContenders(a *artifacts, hvtSkip func() string) []*contender {
-	c := &contender{Name: "hvt-server-go", Isolation: "hardware VM (KVM)",
-		Note: "unmodified Go net/http server from its snapshot at the first accept, one VM, one connection per request, run then Reset inline; latency is the run, req/s and CPU/req include the restore"}
-	if c.skip = hvtSkip(); c.skip == "" {
-		c.skip = a.why("goserver-go")
-	}
-	if c.skip != "" {
-		return []*contender{c}
-	}
-	im, err := hvt.PrepareWith(a.goServerELF, machine.Limits{Memory: goLinuxMemory}, hvt.Options{Server: &hvt.ServerOptions{}})
-	if err != nil {
-		c.skip = fmt.Sprintf("preparing the Go server: %v", err)
-		return []*contender{c}
-	}
-	m, err := im.NewMachine()
-	if err != nil {
-		im.Close()
-		c.skip = err.Error()
-		return []*contender{c}
-	}
-	r, okR := m.(machine.Resetter)
-	lc, okC := m.(linuxCounter)
-	if !okR || !okC {
-		m.Close()
-		im.Close()
-		c.skip = fmt.Sprintf("a %T cannot be reset or count system calls", m)
-		return []*contender{c}
-	}
 	const raw = "GET / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: dust-bench\r\nConnection: close\r\n\r\n"
-	var out bytes.Buffer
-	var exits, calls, n int
-	c.timed = func(ctx context.Context) (time.Duration, error) {
-		out.Reset()
-		t0 := time.Now()
-		res := m.Run(ctx, &machine.Request{Body: strings.NewReader(raw), BodyLen: -1}, &out, io.Discard)
-		d := time.Since(t0)
-		if err := res.Err(); err != nil {
-			return d, err
-		}
-		k, _ := lc.LinuxCalls()
-		exits, calls, n = exits+res.Exits, calls+k, n+1
-		if err := r.Reset(); err != nil {
-			return d, err
-		}
-		resp, err := http.ReadResponse(bufio.NewReader(&out), nil)
-		if err != nil {
-			return d, fmt.Errorf("the server's answer: %w", err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != 200 {
-			return d, fmt.Errorf("the server answered %s", resp.Status)
-		}
-		return d, checkHello(body)
-	}
-	c.counts = func() (float64, float64) {
-		if n == 0 {
-			return 0, 0
-		}
-		return float64(exits) / float64(n), float64(calls) / float64(n)
-	}
-	c.extra = func() string {
-		e, k := c.counts()
-		return fmt.Sprintf("; %.1f exits and %.1f system calls per request", e, k)
-	}
-	c.close = func() { m.Close(); im.Close() }
-	return []*contender{c}
+	return []*contender{seqContender("hvt-server-go",
+		"unmodified Go net/http server (examples/linux/goserver) from its snapshot, one connection per request",
+		func() (*hvt.Image, error) {
+			return hvt.PrepareWith(a.goServerELF, machine.Limits{Memory: goLinuxMemory}, hvt.Options{Server: &hvt.ServerOptions{}})
+		},
+		func() *machine.Request { return &machine.Request{Body: strings.NewReader(raw), BodyLen: -1} },
+		func(out []byte) error {
+			resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(out)), nil)
+			if err != nil {
+				return fmt.Errorf("the server's answer: %w", err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != 200 {
+				return fmt.Errorf("the server answered %s", resp.Status)
+			}
+			return checkHello(body)
+		},
+		func() string {
+			if s := hvtSkip(); s != "" {
+				return s
+			}
+			return a.why("goserver-go")
+		})}
 }
 
 // startServerProcess runs a server program on a free loopback port and

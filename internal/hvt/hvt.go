@@ -102,8 +102,9 @@ type Image struct {
 	// server: a server app's start-up (Options.Server), nil for CGI.
 	// serverLate: its snapshot is at the first read of an accepted
 	// connection, which each request's copy is given (server.go).
-	server     *ServerOptions
-	serverLate bool
+	server       *ServerOptions
+	serverLate   bool
+	snapshotRuns int
 	// vdsoMult is the vDSO's TSC multiplier (vdso.go); 0: no vDSO.
 	// tscModel is how this host's guests read the TSC at CPL3, learnt
 	// from the image's first machine.

@@ -354,7 +354,9 @@ func (s *session) linuxIO() bool {
 			// A server's first accept: give it the template connection
 			// and let it go on to its first read of it (server.go).
 			if err := s.giveTemplate(); err != nil {
-				s.end(machine.InternalError, err.Error())
+				// No post-accept snapshot then (snapshot.go falls back).
+				m.templateGiven = true
+				s.end(machine.BadOutput, err.Error())
 				return false
 			}
 			return s.linuxReturn(r, regs)

@@ -203,6 +203,11 @@ func (m *Machine) Run(ctx context.Context, req *machine.Request, stdout, stderr 
 		if errors.Is(err, ErrRequestTooLarge) {
 			return machine.Result{Outcome: machine.Refused, Detail: err.Error(), Cause: err, RunTime: time.Since(start)}
 		}
+		if errors.Is(err, errServer) {
+			// The program's own state keeps it from taking the request's
+			// connection (it holds every socket it may): its failure.
+			return machine.Result{Outcome: machine.BadOutput, Detail: err.Error(), Cause: err, RunTime: time.Since(start)}
+		}
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			s.end(machine.DeadlineExceeded, fmt.Sprintf("the request body did not arrive within %v", s.limits.Timeout))
 		} else {

@@ -3,6 +3,7 @@ package hvt
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/dust-run/dust/internal/kvm/kvmtest"
 	"github.com/dust-run/dust/internal/machine"
+	"github.com/dust-run/dust/internal/machine/machinetest"
 )
 
 // An unmodified Go net/http server as a server app: snapshotted when it
@@ -154,5 +156,107 @@ func TestServerAppC(t *testing.T) {
 		if err := m.Reset(); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// Hostile server apps: each misbehaviour gets its typed outcome, the host
+// stays at its baseline, and the next request on the same machine (where
+// there is one) is unaffected.
+func TestServerAppHostile(t *testing.T) {
+	kvmtest.Require(t)
+	elf, _ := buildLinux(t, toolchain{"glibc", "gcc", nil}, "server-hostile", "server-hostile", func(out string) *exec.Cmd {
+		return exec.Command("gcc", "-static", "-O2", "-o", out, "testdata/server/hostile.c")
+	})
+	fds0, threads0 := -1, -1
+	limits := machine.Limits{Timeout: 500 * time.Millisecond, MaxOutput: 1 << 20}
+	prep := func(c string) (*Image, error) {
+		return PrepareWith(elf, limits, Options{Server: &ServerOptions{Env: []string{"CASE=" + c}}})
+	}
+	for _, c := range []string{"never-listen", "listen-exit"} {
+		im, err := prep(c)
+		if err == nil {
+			im.Close()
+			t.Fatalf("%s: prepared", c)
+		}
+		if !errors.Is(err, machine.ErrBadImage) || !strings.Contains(err.Error(), "did not wait for a connection") {
+			t.Errorf("%s: %v", c, err)
+		}
+	}
+	const get = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+	for _, tc := range []struct {
+		c       string
+		outcome machine.Outcome
+		body    string // for a served response
+	}{
+		// Waiting for what can never come ends the run at once.
+		{"no-answer", machine.BadOutput, ""},
+		{"garbage", machine.Served, ""},
+		{"forever", machine.OutputLimit, ""},
+		{"exit-mid", machine.Served, ""},
+		{"connect", machine.Served, "connect -1 errno 101\n"},
+		// Holding every socket it may, it cannot take a connection.
+		{"socket-bomb", machine.BadOutput, ""},
+		{"epoll-bomb", machine.Served, "made 16, then errno 24\n"},
+	} {
+		im, err := prep(tc.c)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.c, err)
+		}
+		m, err := im.newMachine()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 2 { // and again on the restored machine
+			res, resp, body, log := serveHTTP(t, m, get)
+			t.Logf("%s %d: %v (%s), exit %d, %d bytes out, unanswered %v", tc.c, i, res.Outcome, res.Detail, res.ExitStatus, res.StdoutBytes, res.Unsupported)
+			if res.Outcome != tc.outcome {
+				t.Errorf("%s %d: %v (%s), want %v (log %q)", tc.c, i, res.Outcome, res.Detail, tc.outcome, log)
+			}
+			if tc.body != "" && (resp == nil || body != tc.body) {
+				t.Errorf("%s %d: answered %v %q, want %q", tc.c, i, resp, body, tc.body)
+			}
+			if err := m.Reset(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		m.Close()
+		im.Close()
+		if fds0 < 0 {
+			// After the first case: what a first machine opens for good
+			// (the page map, vCPU worker threads) is not growth.
+			fds0, threads0 = machinetest.HostUsage(t)
+		}
+	}
+	if fds, threads := machinetest.HostUsage(t); fds > fds0 || threads > threads0+2 {
+		t.Errorf("host grew: fds %d→%d threads %d→%d", fds0, fds, threads0, threads)
+	}
+}
+
+// 1,000 sequential requests on one restored machine each meet the state
+// of the snapshot, which is taken once per image.
+func TestServerAppThousand(t *testing.T) {
+	im := prepareServer(t, "server", goLimits)
+	m, err := im.newMachine()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	seen := map[string]bool{}
+	for i := range 1000 {
+		res, resp, body, log := serveHTTP(t, m, "GET /n HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+		if res.Err() != nil || resp == nil || !strings.HasPrefix(body, `served=1 seen=1 left=""/true`) {
+			t.Fatalf("request %d: %v %q (log %q)", i, res.Err(), body, log)
+		}
+		r := strings.Fields(body)[3]
+		if seen[r] {
+			t.Fatalf("request %d drew %s again", i, r)
+		}
+		seen[r] = true
+		if err := m.Reset(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := im.SnapshotRuns(); n != 1 {
+		t.Errorf("%d snapshot runs for one image", n)
 	}
 }

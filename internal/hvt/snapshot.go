@@ -58,6 +58,7 @@ func (im *Image) snapshot() (bool, error) {
 var errLate = errors.New("hvt: no post-accept ready point")
 
 func (im *Image) snapshotAt(late bool) (bool, error) {
+	im.snapshotRuns++
 	m, err := im.newMachine()
 	if err != nil {
 		return false, err
@@ -198,6 +199,11 @@ func (m *Machine) applySnapshotState() error {
 	}
 	return nil
 }
+
+// SnapshotRuns is how many times Prepare ran the program to a ready point:
+// 1, or 2 for a server that writes before it reads (server.go); requests
+// never add to it.
+func (im *Image) SnapshotRuns() int { return im.snapshotRuns }
 
 // Snapshotted reports whether the image starts requests from a post-init
 // snapshot (the program calls dust_ready()).
