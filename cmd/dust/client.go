@@ -627,6 +627,7 @@ func printApp(w io.Writer, a gateway.AppView) {
 		{"queue-wait", or(s.QueueWait, lim.QueueWait)}, {"max-body", or(s.MaxBody, lim.MaxBody)},
 		{"pass-authorization", strconv.FormatBool(s.PassAuthorization)},
 		{"isolation", isolation},
+		{"serve", serveText(s.Serve)},
 		{"env", orNone(strings.Join(s.Env, " "))},
 		{"args", argsText(s.Args)},
 		{"query-args", strconv.FormatBool(s.QueryArgs)},
@@ -778,4 +779,12 @@ func (c *adminClient) waitUp(limit time.Duration) error {
 		}
 		time.Sleep(250 * time.Millisecond) // polling interval while the server is down
 	}
+}
+
+// serveText is how an app is spoken to, as `dust app` shows it.
+func serveText(mode string) string {
+	if mode == "" {
+		return "cgi (default)"
+	}
+	return mode + " (a server program, one connection per request)"
 }
