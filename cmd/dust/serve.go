@@ -224,16 +224,28 @@ flags:
 // wasm ones always.
 func deployDemo(srv *gateway.Server, dir, addr string, stdout io.Writer, log *slog.Logger) {
 	kvmErr := kvm.Available()
-	type demoApp struct{ name, file, route string }
+	type demoApp struct {
+		name, file, route string
+		serve             string
+		memory            int64
+	}
 	var apps []demoApp
 	for _, n := range []string{"hello", "echo", "sha256"} {
 		if kvmErr == nil {
-			apps = append(apps, demoApp{n, filepath.Join(dir, n, n+".elf"), "/" + n})
+			apps = append(apps, demoApp{name: n, file: filepath.Join(dir, n, n+".elf"), route: "/" + n})
 		}
-		apps = append(apps, demoApp{n + "-wasm", filepath.Join(dir, n, n+".wasm"), "/wasm/" + n})
+		apps = append(apps, demoApp{name: n + "-wasm", file: filepath.Join(dir, n, n+".wasm"), route: "/wasm/" + n})
 	}
-	apps = append(apps, demoApp{"go-hello", filepath.Join(dir, "go-hello", "go-hello.wasm"), "/wasm/go-hello"},
-		demoApp{"go-fast-hello", filepath.Join(dir, "go-fast-hello", "go-fast-hello.wasm"), "/wasm/go-fast-hello"})
+	apps = append(apps, demoApp{name: "go-hello", file: filepath.Join(dir, "go-hello", "go-hello.wasm"), route: "/wasm/go-hello"},
+		demoApp{name: "go-fast-hello", file: filepath.Join(dir, "go-fast-hello", "go-fast-hello.wasm"), route: "/wasm/go-fast-hello"})
+	if kvmErr == nil {
+		// Go programs on hvt: the dustgo hello built for Linux, and an
+		// unmodified net/http server as a server app (examples/linux).
+		const goMemory = 1536 << 20
+		apps = append(apps,
+			demoApp{name: "go-fast-hello-linux", file: filepath.Join(dir, "linux", "go-fast-hello", "go-fast-hello-linux.elf"), route: "/linux/go-fast-hello", memory: goMemory},
+			demoApp{name: "goserver", file: filepath.Join(dir, "linux", "goserver", "goserver-go.elf"), route: "/goserver", serve: store.ServeHTTP, memory: goMemory})
+	}
 	if kvmErr != nil {
 		log.Warn("KVM unavailable: deploying only the wasm examples", "err", kvmErr)
 	}
@@ -247,11 +259,15 @@ func deployDemo(srv *gateway.Server, dir, addr string, stdout io.Writer, log *sl
 		// A restart with the same examples keeps the versions it has.
 		sum := sha256.Sum256(img)
 		if cur, err := srv.Store().Get(a.name); err != nil || cur.Current.Digest != "sha256:"+hex.EncodeToString(sum[:]) {
-			if _, err := srv.Deploy(a.name, bytes.NewReader(img), store.Settings{Route: a.route}); err != nil {
+			if _, err := srv.Deploy(a.name, bytes.NewReader(img), store.Settings{Route: a.route, Serve: a.serve, Memory: a.memory}); err != nil {
 				log.Error("demo deploy failed", "app", a.name, "err", err)
 				continue
 			}
 		}
-		fmt.Fprintf(stdout, "  %-12s curl -s http://%s%s/anything?x=1 -d 'hello'\n", a.name, addr, a.route)
+		if a.serve == store.ServeHTTP {
+			fmt.Fprintf(stdout, "  %-20s curl -s http://%s%s/json -d '{\"a\":1}'   (a server app)\n", a.name, addr, a.route)
+			continue
+		}
+		fmt.Fprintf(stdout, "  %-20s curl -s http://%s%s/anything?x=1 -d 'hello'\n", a.name, addr, a.route)
 	}
 }
