@@ -157,6 +157,18 @@ func TestServerAppC(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Fresh machines (isolation fresh) start from the same snapshot.
+	for i := range 2 {
+		f, err := im.newMachine()
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, resp, body, log := serveHTTP(t, f, "GET /count HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+		f.Close()
+		if res.Err() != nil || resp == nil || body != "1\n" {
+			t.Fatalf("fresh %d: %v %v %q (log %q)", i, res.Err(), resp, body, log)
+		}
+	}
 }
 
 // Hostile server apps: each misbehaviour gets its typed outcome, the host
