@@ -133,7 +133,19 @@ func TestServerAppFailures(t *testing.T) {
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, msg)
 	}
-	s.must("deploy", "srv", elf, "--serve", "http", "--memory", "1536MiB", "--timeout", "1s")
+	s.must("deploy", "srv", elf, "--serve", "http", "--memory", "1536MiB", "--timeout", "1s", "--env", "GREETING=hi", "--secret", "TOKEN=abc")
+	// The environment and secrets are the server's at start-up; a secret
+	// change starts it again.
+	if code, body := s.get("/srv/env?k=GREETING"); code != 200 || body != "GREETING=hi\n" {
+		t.Fatalf("env: %d %q", code, body)
+	}
+	if code, body := s.get("/srv/env?k=TOKEN"); code != 200 || body != "TOKEN=abc\n" {
+		t.Fatalf("secret: %d %q", code, body)
+	}
+	s.must("secret", "set", "srv", "TOKEN=xyz")
+	if code, body := s.get("/srv/env?k=TOKEN"); code != 200 || body != "TOKEN=xyz\n" {
+		t.Fatalf("secret after dust secret set: %d %q", code, body)
+	}
 	if code, body := s.get("/srv/panic"); code != 502 {
 		t.Errorf("panic: %d %q", code, body)
 	}

@@ -48,6 +48,9 @@ func main() {
 			f.Flush()
 		}
 	})
+	mux.HandleFunc("/env", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s=%s\n", r.URL.Query().Get("k"), os.Getenv(r.URL.Query().Get("k")))
+	})
 	mux.HandleFunc("/panic", func(w http.ResponseWriter, r *http.Request) { panic("asked to") })
 	mux.HandleFunc("/hang", func(w http.ResponseWriter, r *http.Request) { time.Sleep(time.Hour) })
 	addr := ":" + os.Getenv("PORT")
