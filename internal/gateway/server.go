@@ -46,13 +46,50 @@ func serverStart(set store.Settings, secrets map[string]string) *machine.Server 
 }
 
 // requestHop are request headers that describe the client's connection
-// to the gateway, or that the gateway sets itself for the program.
+// to the gateway, or that the gateway sets itself for the program: among
+// them every header that names the client's address (a program's
+// middleware may trust X-Real-Ip or Forwarded before X-Forwarded-For, so
+// a client must not be able to set any of them).
 var requestHop = map[string]bool{
 	"Connection": true, "Keep-Alive": true, "Proxy-Connection": true, "Proxy-Authorization": true,
 	"Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true, "Expect": true,
 	"Content-Length": true, "Host": true,
 	"X-Forwarded-For": true, "X-Forwarded-Proto": true, "X-Forwarded-Host": true, "X-Forwarded-Prefix": true,
+	"X-Real-Ip": true, "True-Client-Ip": true, "Forwarded": true, "X-Client-Ip": true, "Cf-Connecting-Ip": true,
 	"X-Request-Id": true,
+}
+
+// connectionListed are the headers the client's Connection header names:
+// hop-by-hop too (RFC 9110 §7.6.1).
+func connectionListed(h http.Header) map[string]bool {
+	var m map[string]bool
+	for _, v := range h["Connection"] {
+		for _, name := range strings.Split(v, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				if m == nil {
+					m = map[string]bool{}
+				}
+				m[http.CanonicalHeaderKey(name)] = true
+			}
+		}
+	}
+	return m
+}
+
+// belowPrefix is the escaped path with the first n decoded bytes (the
+// route, which was matched on the decoded path) cut off: a client may
+// percent-encode characters of the route itself.
+func belowPrefix(escaped string, n int) string {
+	i := 0
+	for n > 0 && i < len(escaped) {
+		if escaped[i] == '%' && i+2 < len(escaped) {
+			i += 3
+		} else {
+			i++
+		}
+		n--
+	}
+	return escaped[i:]
 }
 
 // rawRequest is r as the program reads it: the head, then the body as it
@@ -60,7 +97,7 @@ var requestHop = map[string]bool{
 func rawRequest(r *http.Request, creq *cgi.Request, id string, body io.Reader) io.Reader {
 	target := r.URL.EscapedPath()
 	if creq.ScriptName != "" {
-		target = strings.TrimPrefix(target, creq.ScriptName)
+		target = belowPrefix(target, len(creq.ScriptName))
 	}
 	if !strings.HasPrefix(target, "/") {
 		target = "/" + target
@@ -70,8 +107,9 @@ func rawRequest(r *http.Request, creq *cgi.Request, id string, body io.Reader) i
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: %s\r\n", r.Method, target, r.Host)
+	listed := connectionListed(r.Header)
 	for k, vs := range r.Header {
-		if requestHop[k] {
+		if requestHop[k] || listed[k] {
 			continue
 		}
 		for _, v := range vs {
@@ -80,7 +118,7 @@ func rawRequest(r *http.Request, creq *cgi.Request, id string, body io.Reader) i
 		}
 	}
 	client, _, _ := net.SplitHostPort(r.RemoteAddr)
-	fmt.Fprintf(&b, "X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\nX-Request-Id: %s\r\n", client, creq.Scheme, r.Host, id)
+	fmt.Fprintf(&b, "X-Forwarded-For: %s\r\nX-Real-Ip: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\nX-Request-Id: %s\r\n", client, client, creq.Scheme, r.Host, id)
 	if creq.ScriptName != "" {
 		b.WriteString("X-Forwarded-Prefix: " + creq.ScriptName + "\r\n")
 	}
@@ -202,10 +240,29 @@ func relayResponse(pr io.Reader, method string, start func(*cgi.Response) (io.Wr
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(w, resp.Body); err != nil {
+	cw := &clientWriter{w: w}
+	if _, err := io.Copy(cw, resp.Body); err != nil {
+		if cw.err != nil {
+			return cw.err // the client went away: not the app's fault
+		}
 		return fmt.Errorf("%w: its body: %v", errServerResponse, err)
 	}
 	return nil
+}
+
+// clientWriter tells a failure to write to the client apart from a body
+// the app cut short.
+type clientWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (c *clientWriter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	if err != nil {
+		c.err = err
+	}
+	return n, err
 }
 
 func (r *httpRelay) Write(b []byte) (int, error) { return r.pw.Write(b) }

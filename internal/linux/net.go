@@ -108,9 +108,9 @@ var (
 	ErrNoListener     = errors.New("no listening socket takes the connection")
 	ErrBacklogFull    = errors.New("the listening socket's backlog is full")
 	ErrTooManySockets = errors.New("the process holds as many sockets as it may")
-	// ErrTemplateWritten: the program wrote to the template connection
-	// before reading from it.
-	ErrTemplateWritten = errors.New("the program wrote to its connection before reading the request")
+	// ErrTemplateWritten: the program wrote to the template connection,
+	// or shut it, before reading from it.
+	ErrTemplateWritten = errors.New("the program wrote to or shut its connection before reading the request")
 	// ErrNoTemplate: Attach found no template connection waiting for its
 	// client (or more than one).
 	ErrNoTemplate = errors.New("the process has no template connection waiting for a client")
@@ -1784,6 +1784,11 @@ func sysSendfile(p *Process, a [6]uint64) Result {
 func (p *Process) templateWait(nr uint64, s *socket) (Result, bool) {
 	if h := p.st.net.host(s); h == nil || !h.template {
 		return Result{}, false
+	}
+	if s.done || s.wrShut || s.gone || s.rdShut {
+		// It already finished with the connection: a copy could not be
+		// given its client there. The snapshot is taken at the accept.
+		return stop(ErrTemplateWritten), true
 	}
 	p.st.readied = true
 	p.st.readyAt = p.cfg.Monotonic()
