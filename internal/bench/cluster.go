@@ -314,15 +314,7 @@ func startCluster(lacking string, log func(string, ...any)) ([]*benchNode, error
 			delete(kinds, lacking)
 		}
 		srv, err := gateway.New(gateway.Config{DataDir: n.dir, Kinds: kinds, Logger: quiet, ShutdownGrace: 5 * time.Second,
-			Detect: func(b []byte) (string, error) {
-				switch {
-				case bytes.HasPrefix(b, []byte("\x7fELF")):
-					return "hvt", nil
-				case bytes.HasPrefix(b, []byte("\x00asm")):
-					return "wasm", nil
-				}
-				return "", errors.New("unknown image")
-			}, Cluster: n.node})
+			Detect: detectImage, Cluster: n.node})
 		if err != nil {
 			closeAll()
 			return nil, err

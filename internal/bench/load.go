@@ -62,15 +62,7 @@ func startGateway(a *artifacts, log func(string, ...any)) (*gw, error) {
 	}
 	srv, err := gateway.New(gateway.Config{
 		DataDir: dir, Kinds: kinds, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Detect: func(b []byte) (string, error) {
-			switch {
-			case bytes.HasPrefix(b, []byte("\x7fELF")):
-				return "hvt", nil
-			case bytes.HasPrefix(b, []byte("\x00asm")):
-				return "wasm", nil
-			}
-			return "", errors.New("unknown image")
-		},
+		Detect:        detectImage,
 		ShutdownGrace: 5 * time.Second,
 	})
 	if err != nil {
@@ -481,4 +473,15 @@ func fetchTimed(ctx context.Context, client *http.Client, url string, buf []byte
 		return 0, 0, fmt.Errorf("got %d bytes, want 1 MiB", total)
 	}
 	return first, last, nil
+}
+
+// detectImage tells the bench gateways' images apart by their first bytes.
+func detectImage(b []byte) (string, error) {
+	switch {
+	case bytes.HasPrefix(b, []byte("\x7fELF")):
+		return "hvt", nil
+	case bytes.HasPrefix(b, []byte("\x00asm")):
+		return "wasm", nil
+	}
+	return "", errors.New("unknown image")
 }
