@@ -40,6 +40,7 @@ var appTemplates = []appTemplate{
 	{"go-wasm", "Go for the wasm kind, a dustgo reactor: the Go runtime starts once per deploy", true},
 	{"linux-c", "ordinary C for hvt micro-VMs, a gcc -static Linux program (the full C library)", false},
 	{"go-linux", "Go for hvt micro-VMs, a CGO_ENABLED=0 GOOS=linux net/http/cgi program", false},
+	{"go-server", "an ordinary Go net/http server on hvt, a server app: one fresh copy per request", false},
 }
 
 func findTemplate(name string) (appTemplate, bool) {
