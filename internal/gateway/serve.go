@@ -336,6 +336,7 @@ func (s *Server) serveOn(a *liveApp, w http.ResponseWriter, rc *http.ResponseCon
 	}
 	runDeadline := time.Now().Add(timeout).Add(ioGrace)
 	rc.SetWriteDeadline(runDeadline)
+	hold.until = runDeadline
 	if in.clear != nil { // the rest of the body streams in while the machine runs
 		rc.SetReadDeadline(runDeadline)
 	}
@@ -377,6 +378,9 @@ func (s *Server) serveOn(a *liveApp, w http.ResponseWriter, rc *http.ResponseCon
 		}
 	}
 	code, reason := statusFor(res, perr)
+	if hold.isLate() && code != 499 {
+		code, reason = http.StatusGatewayTimeout, "the app did not answer in time"
+	}
 	detail := res.Err()
 	if detail == nil {
 		detail = perr
@@ -434,12 +438,16 @@ type holdWriter struct {
 	rc   *http.ResponseController
 	head bool
 	wait time.Duration // holdTime
+	// until is the connection's write deadline while the machine runs;
+	// late says it passed before the response was committed.
+	until time.Time
 
 	mu        sync.Mutex
 	resp      *cgi.Response
 	buf       []byte
 	committed bool
 	dead      bool // finish ran: the timer must not commit any more
+	late      bool // see pastDeadlineLocked
 	timer     *time.Timer
 	werr      error
 	n         int64
@@ -456,11 +464,27 @@ func (h *holdWriter) start(resp *cgi.Response) (io.Writer, error) {
 	h.timer = time.AfterFunc(h.wait, func() {
 		h.mu.Lock()
 		defer h.mu.Unlock()
-		if !h.dead {
+		if !h.dead && !h.pastDeadlineLocked() {
 			h.commitLocked()
 		}
 	})
 	return h, nil
+}
+
+// pastDeadlineLocked reports, for a response not committed yet, whether
+// the connection's write deadline has passed: a commit now would fail and
+// cut the connection before the client saw a status. The response is then
+// never committed (its machine overran the app's deadline, and is being
+// stopped): the client gets the gateway's 504, written after the run with
+// a fresh deadline.
+func (h *holdWriter) pastDeadlineLocked() bool {
+	if h.late {
+		return true
+	}
+	if !h.until.IsZero() && !h.committed && time.Now().After(h.until) {
+		h.late = true
+	}
+	return h.late
 }
 
 func (h *holdWriter) Write(b []byte) (int, error) {
@@ -470,6 +494,9 @@ func (h *holdWriter) Write(b []byte) (int, error) {
 		return 0, h.werr
 	}
 	if !h.committed {
+		if h.pastDeadlineLocked() {
+			return 0, errLateResponse
+		}
 		h.buf = append(h.buf, b...)
 		if len(h.buf) >= holdBytes {
 			h.commitLocked()
@@ -522,11 +549,14 @@ func (h *holdWriter) finish(ok bool) bool {
 	if h.timer != nil {
 		h.timer.Stop()
 	}
-	if ok && h.resp != nil {
+	if ok && h.resp != nil && !h.late {
 		h.commitLocked()
 	}
 	return h.committed
 }
+
+// errLateResponse: the app's output came after the gateway gave up on it.
+var errLateResponse = errors.New("the response came after the app's deadline")
 
 func (h *holdWriter) status() int {
 	h.mu.Lock()
@@ -629,4 +659,10 @@ func (s *Server) noteUnsupported(a *liveApp, id string, calls map[string]int) {
 	list := strings.Join(names, " ")
 	s.log.Info("unsupported system calls", "request_id", id, "app", a.name, "calls", list)
 	s.logs.add(a.name, id, sourceDust, "dust: system calls answered ENOSYS or EPERM: "+list)
+}
+
+func (h *holdWriter) isLate() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.late
 }
