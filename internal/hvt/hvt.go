@@ -462,11 +462,9 @@ func (im *Image) newMachine() (m *Machine, err error) {
 		}
 		lap("warm-up run (first KVM_RUN, stub, KVM_SET_REGS)")
 	} else if vdso {
-		g, h, err := mm.runStub()
-		if err != nil {
+		if err = mm.runStub(); err != nil {
 			return nil, err
 		}
-		mm.stubTSC = [2]uint64{g, h}
 		lap("TSC probe (stub run)")
 	}
 	if vdso {

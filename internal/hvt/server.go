@@ -64,7 +64,7 @@ func (o *ServerOptions) serverStart() machine.Request {
 func (s *session) connect(p *linux.Process, req *machine.Request, late bool) error {
 	c := linux.Conn{
 		Request:  linuxBody{s},
-		Response: serverResponse{s},
+		Response: serverResponse{linuxWriter{s, fdStdout}},
 		Peer:     peerOf(req.Env),
 	}
 	var err error
@@ -98,16 +98,8 @@ func (s *session) giveTemplate() error {
 }
 
 // serverResponse is the program's side of the connection: what it writes
-// is the response, under the same limit as a CGI program's stdout.
-type serverResponse struct{ s *session }
-
-func (w serverResponse) Write(b []byte) (int, error) {
-	if !w.s.write(fdStdout, b) {
-		w.s.ended = true
-		return 0, errStopped
-	}
-	return len(b), nil
-}
+// is the response, written as a CGI program's stdout is (the same limit).
+type serverResponse struct{ linuxWriter }
 
 // Close: the program can write no more; the response is complete. The run
 // ends when the program next waits for a connection (ActionIdle).

@@ -138,19 +138,18 @@ func (m *Machine) warm() error {
 	if err := unix.Madvise(m.mem[hpStart:hpEnd], unix.MADV_POPULATE_WRITE); err != nil {
 		return fmt.Errorf("%w: populating request pages: %v", errWarm, err)
 	}
-	g, h, err := m.runStub()
-	m.stubTSC = [2]uint64{g, h}
-	return err
+	return m.runStub()
 }
 
 // runStub runs the warm-up stub (with whatever warm list the template
 // has: none before Prepare sets it) and resets the vCPU to the entry
-// state. It returns the TSC as the guest read it at CPL3 and the host's
-// right after the exit (vdso.go).
-func (m *Machine) runStub() (guestTSC, hostTSC uint64, err error) {
+// state. It records in stubTSC the TSC as the guest read it at CPL3 and
+// the host's right after the exit (vdso.go): a Linux guest's registers
+// come back in kvm_run's sync area, so this costs no ioctl.
+func (m *Machine) runStub() error {
 	regs := kvm.Regs{RIP: warmAddr, RSP: m.im.lay.stackTop, RFLAGS: 0x3002}
 	if err := kvm.SetRegs(m.vcpufd, &regs); err != nil {
-		return 0, 0, err
+		return err
 	}
 	for {
 		err := kvm.RunVCPU(m.vcpufd)
@@ -158,18 +157,17 @@ func (m *Machine) runStub() (guestTSC, hostTSC uint64, err error) {
 			continue
 		}
 		if err != nil {
-			return 0, 0, fmt.Errorf("%w: KVM_RUN: %v", errWarm, err)
+			return fmt.Errorf("%w: KVM_RUN: %v", errWarm, err)
 		}
 		break
 	}
-	hostTSC = kvm.HostTSC()
+	host := kvm.HostTSC()
 	if r := m.run.ExitReason; r != kvm.KVM_EXIT_IO || m.run.IO().Port != warmPort {
-		return 0, 0, fmt.Errorf("%w: exit reason %d", errWarm, r)
+		return fmt.Errorf("%w: exit reason %d", errWarm, r)
 	}
-	if err := kvm.GetRegs(m.vcpufd, &regs); err != nil {
-		return 0, 0, err
+	if *m.run.ValidRegs()&kvm.KVM_SYNC_X86_REGS != 0 {
+		m.stubTSC = [2]uint64{m.run.Sync().Regs.RBX, host}
 	}
-	guestTSC = regs.RBX
 	regs = m.im.regs
-	return guestTSC, hostTSC, kvm.SetRegs(m.vcpufd, &regs)
+	return kvm.SetRegs(m.vcpufd, &regs)
 }
