@@ -1,6 +1,7 @@
 package hvt
 
 import (
+	"errors"
 	"fmt"
 	"regexp"
 	"slices"
@@ -179,5 +180,28 @@ func TestLinuxGoSnapshotHTTP(t *testing.T) {
 		if err := m.Reset(); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// A request whose arguments and environment exceed the snapshot's bound
+// (2 MiB, as ARG_MAX bounds execve) is refused before the program runs,
+// and the machine serves the next one.
+func TestLinuxGoSnapshotRequestTooLarge(t *testing.T) {
+	im := prepareGo(t, "readyhello", goLimits)
+	m, err := im.newMachine()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	huge := "X=" + strings.Repeat("x", maxRequestBlock)
+	res, _, _ := runLinux(m, &machine.Request{Env: []string{huge}})
+	if res.Outcome != machine.Refused || !errors.Is(res.Cause, ErrRequestTooLarge) {
+		t.Fatalf("a %d-byte environment: %v (%s)", len(huge), res.Outcome, res.Detail)
+	}
+	if err := m.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	if res, out, _ := runLinux(m, &machine.Request{Env: helloEnv}); res.Err() != nil || !strings.Contains(out, "Hello from Go!") {
+		t.Fatalf("after the refusal: %v %q", res.Err(), out)
 	}
 }
